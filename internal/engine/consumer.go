@@ -1,0 +1,140 @@
+package engine
+
+import (
+	"context"
+	"fmt"
+
+	"github.com/google/uuid"
+
+	"github.com/durabus/durabus/internal/store"
+	"github.com/durabus/durabus/internal/wire"
+)
+
+// AddHandler registers h and subscribes to its event's channel when it is
+// the first handler of that event.
+func (e *Engine) AddHandler(h Handler) error {
+	if !e.cfg.CanSubscribe {
+		return fmt.Errorf("the PubSub cannot subscribe")
+	}
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if e.isClosed() {
+		return ErrClosed
+	}
+	for _, old := range e.handlers[h.EventName] {
+		if old.Name == h.Name {
+			return fmt.Errorf("a handler named %q is already registered for %q: name each handler of one event with WithHandlerName", h.Name, h.EventName)
+		}
+	}
+	first := len(e.handlers[h.EventName]) == 0
+	e.handlers[h.EventName] = append(e.handlers[h.EventName], h)
+	if !first {
+		return nil
+	}
+	unsub, err := e.cfg.PubSub.Subscribe(e.bg, e.eventChannel(h.EventName), e.receiver(h.EventName))
+	if err != nil {
+		delete(e.handlers, h.EventName)
+		return fmt.Errorf("subscribe to %q: %w", h.EventName, err)
+	}
+	e.unsubs = append(e.unsubs, unsub)
+	e.workers.start()
+	wake(e.workWake) // rows stored before a restart may wait for this handler
+	return nil
+}
+
+func (e *Engine) handlersFor(name string) []Handler {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return e.handlers[name]
+}
+
+func (e *Engine) handler(event, name string) (Handler, bool) {
+	for _, h := range e.handlersFor(event) {
+		if h.Name == name {
+			return h, true
+		}
+	}
+	return Handler{}, false
+}
+
+// receiver returns the function the PubSub calls with each message of the
+// channel of eventName. It stores the message in the inbox, one row per
+// handler, and only then acknowledges receipt. A message that cannot be an
+// event of that name is stored as a DEAD row with its reason.
+func (e *Engine) receiver(eventName string) func(ctx context.Context, msg []byte) error {
+	return func(ctx context.Context, msg []byte) error {
+		if len(msg) > e.cfg.MaxMessageBytes {
+			return e.storeBad(ctx, eventName, msg, fmt.Sprintf("message of %d bytes exceeds the limit of %d bytes", len(msg), e.cfg.MaxMessageBytes))
+		}
+		env, err := wire.Decode(msg)
+		if err != nil {
+			return e.storeBad(ctx, eventName, msg, err.Error())
+		}
+		if env.EventName != eventName {
+			return e.storeBad(ctx, eventName, msg, fmt.Sprintf("event %q arrived on the channel of %q", env.EventName, eventName))
+		}
+		return e.store(ctx, env, msg)
+	}
+}
+
+// store writes the inbox rows of one event and acknowledges it.
+func (e *Engine) store(ctx context.Context, env *wire.Envelope, msg []byte) error {
+	hs := e.handlersFor(env.EventName)
+	if len(hs) == 0 {
+		return nil // unsubscribed while the message was in flight; the publisher re-sends
+	}
+	now := e.nowMS()
+	rows := make([]store.InboxRow, len(hs))
+	for i, h := range hs {
+		rows[i] = store.InboxRow{Consumer: e.cfg.Name, EventID: env.EventID, Handler: h.Name, EventName: env.EventName,
+			Publisher: env.PublishedBy, State: store.Processing, Message: msg, Now: now}
+	}
+	ack := store.Ack{EventID: env.EventID, Status: store.Received, Group: e.cfg.Name}
+	local := env.PublishedBy == e.cfg.Name
+	err := e.w.Do(ctx, func(ctx context.Context, q store.Querier) error {
+		added, err := e.st.InsertInbox(ctx, q, rows...)
+		if err != nil {
+			return err
+		}
+		ack.Status = store.Received
+		if added < len(rows) { // seen before: answer with what became of it
+			st, lastErr, _, err := e.st.InboxEventStatus(ctx, q, e.cfg.Name, env.EventID)
+			if err != nil {
+				return err
+			}
+			ack.Status, ack.Error = st, lastErr
+		}
+		if local {
+			_, err = e.st.ApplyAck(ctx, q, e.cfg.Name, ack, now+e.cfg.PendingDelay.Milliseconds(), now)
+		}
+		return err
+	})
+	if err != nil {
+		return fmt.Errorf("store event %s: %w", env.EventID, err)
+	}
+	if !local {
+		e.acks.add(env.PublishedBy, ack)
+	}
+	wake(e.workWake)
+	return nil
+}
+
+// storeBad keeps a message that is not a valid event as a DEAD row with
+// the reason and (up to 64 KiB of) its bytes.
+func (e *Engine) storeBad(ctx context.Context, eventName string, msg []byte, reason string) error {
+	if len(msg) > deadKeep {
+		msg = msg[:deadKeep]
+	}
+	now := e.nowMS()
+	row := store.InboxRow{Consumer: e.cfg.Name, EventID: "invalid-" + uuid.NewString(), Handler: "", EventName: eventName,
+		State: store.Dead, Message: msg, LastError: reason, Now: now}
+	e.log.Warn("durabus: stored an invalid message as DEAD", "event", eventName, "reason", reason)
+	err := e.w.Do(ctx, func(ctx context.Context, q store.Querier) error {
+		_, err := e.st.InsertInbox(ctx, q, row)
+		return err
+	})
+	if err != nil {
+		return fmt.Errorf("store invalid message: %w", err)
+	}
+	return nil
+}

@@ -1,0 +1,284 @@
+// Package engine is the machinery behind durabus.Bus: the group-commit
+// writer, the outbox relay, the inbox and its workers, the ack protocol and
+// the janitor. It moves bytes and rows; the root package turns them into
+// typed events.
+package engine
+
+import (
+	"context"
+	"database/sql"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/durabus/durabus/internal/store"
+)
+
+// PubSub is the transport, as the root package declares it.
+type PubSub interface {
+	Publish(ctx context.Context, channel string, msg []byte) error
+	Subscribe(ctx context.Context, channel string, fn func(ctx context.Context, msg []byte) error) (func() error, error)
+}
+
+// BatchPublisher is the optional pipelined publish of a PubSub.
+type BatchPublisher interface {
+	PublishBatch(ctx context.Context, channels []string, msgs [][]byte) error
+}
+
+// Handler runs one kind of event. Run decodes the envelope itself.
+type Handler struct {
+	EventName string
+	Name      string
+	Run       func(ctx context.Context, msg []byte, attempt int) error
+}
+
+// Dead describes an inbox row that just became DEAD.
+type Dead struct {
+	EventID, EventName, Handler string
+	Attempts                    int
+	Err                         error
+	Message                     []byte
+}
+
+// Config is the engine's resolved configuration; the root package fills
+// every field.
+type Config struct {
+	Name            string
+	DB              *sql.DB
+	OwnDB           bool
+	Store           *store.Store
+	PubSub          PubSub
+	CanPublish      bool
+	CanSubscribe    bool
+	MaxRetries      int
+	PendingDelay    time.Duration
+	Backoff         func(attempt int) time.Duration
+	Concurrency     int
+	Retention       time.Duration // <= 0 keeps COMPLETED rows
+	Logger          *slog.Logger
+	MaxMessageBytes int
+	ChannelPrefix   string
+	PollInterval    time.Duration
+	HandlerTimeout  time.Duration
+	BusyTimeout     time.Duration
+	Synchronous     string
+	// Classify tells what a handler error asks for: no retry, or a retry
+	// after a given delay (0 = the backoff's).
+	Classify func(err error) (unrecoverable bool, after time.Duration)
+	OnDead   func(ctx context.Context, d Dead)
+	Now      func() time.Time
+}
+
+// never is the due time of rows the relay no longer re-sends by itself.
+const never = math.MaxInt64
+
+const (
+	relayBatch = 256
+	deadKeep   = 64 << 10 // raw bytes kept for a message that could not be stored as an event
+)
+
+// Engine is a running bus.
+type Engine struct {
+	cfg    Config
+	st     *store.Store
+	w      *writer
+	log    *slog.Logger
+	acks   *ackSender
+	closed chan struct{} // closed when Close starts: intake stops
+
+	relayWake chan struct{}
+	workWake  chan struct{}
+	nudgedAt  atomic.Int64 // when PublishTx last asked the relay to look, in ms
+
+	mu       sync.Mutex
+	handlers map[string][]Handler // by event name
+	unsubs   []func() error
+
+	bg       context.Context // lives until the engine's loops must stop
+	stopBG   context.CancelFunc
+	bgWG     sync.WaitGroup
+	runCtx   context.Context // handler contexts; cancelled when Close gives up
+	stopRuns context.CancelFunc
+	workers  *workers
+
+	closeOnce sync.Once
+	finished  chan struct{}
+	closeErr  error
+}
+
+// Open prepares the database and starts the relay, the ack listener and the
+// janitor. Handlers are added later with AddHandler.
+func Open(ctx context.Context, cfg Config) (*Engine, error) {
+	c, err := cfg.DB.Conn(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("open write connection: %w", store.Classify(err))
+	}
+	if _, err := store.Prepare(ctx, c, cfg.Store.Prefix, cfg.BusyTimeout, cfg.Synchronous); err != nil {
+		_ = c.Close()
+		return nil, err
+	}
+	e := &Engine{
+		cfg:       cfg,
+		st:        cfg.Store,
+		w:         newWriter(c),
+		log:       cfg.Logger,
+		closed:    make(chan struct{}),
+		relayWake: make(chan struct{}, 1),
+		workWake:  make(chan struct{}, 1),
+		handlers:  map[string][]Handler{},
+		finished:  make(chan struct{}),
+	}
+	e.bg, e.stopBG = context.WithCancel(context.Background())
+	e.runCtx, e.stopRuns = context.WithCancel(context.Background())
+	e.acks = newAckSender(e)
+	e.workers = newWorkers(e)
+	if cfg.CanSubscribe && cfg.CanPublish {
+		unsub, err := cfg.PubSub.Subscribe(ctx, e.ackChannel(cfg.Name), e.receiveAcks)
+		if err != nil {
+			e.w.stop()
+			return nil, fmt.Errorf("subscribe to ack channel: %w", err)
+		}
+		e.unsubs = append(e.unsubs, unsub)
+	}
+	e.goBG(e.acks.loop)
+	if cfg.CanPublish {
+		e.goBG(e.relayLoop)
+	}
+	if cfg.Retention > 0 {
+		e.goBG(e.janitorLoop)
+	}
+	return e, nil
+}
+
+func (e *Engine) goBG(f func(ctx context.Context)) {
+	e.bgWG.Add(1)
+	go func() {
+		defer e.bgWG.Done()
+		f(e.bg)
+	}()
+}
+
+// nowMS is the engine's clock in Unix milliseconds.
+func (e *Engine) nowMS() int64 { return e.cfg.Now().UnixMilli() }
+
+func (e *Engine) ackChannel(publisher string) string {
+	return e.cfg.ChannelPrefix + "durabus:ack:" + publisher
+}
+
+func (e *Engine) eventChannel(name string) string { return e.cfg.ChannelPrefix + name }
+
+func wake(ch chan struct{}) {
+	select {
+	case ch <- struct{}{}:
+	default:
+	}
+}
+
+// ErrClosed is returned by calls made after Close started.
+var ErrClosed = errors.New("durabus: bus is closed")
+
+// Closed reports whether Close has started.
+func (e *Engine) Closed() bool { return e.isClosed() }
+
+func (e *Engine) isClosed() bool {
+	select {
+	case <-e.closed:
+		return true
+	default:
+		return false
+	}
+}
+
+// Write runs fn in the group-commit writer.
+func (e *Engine) Write(ctx context.Context, fn func(ctx context.Context, q store.Querier) error) error {
+	if e.isClosed() {
+		return ErrClosed
+	}
+	err := e.w.Do(ctx, fn)
+	if errors.Is(err, errWriterStopped) {
+		return ErrClosed
+	}
+	return err
+}
+
+// Publish stores rows in the outbox and wakes the relay once committed.
+func (e *Engine) Publish(ctx context.Context, rows ...store.OutboxRow) error {
+	if !e.cfg.CanPublish {
+		return errors.New("the PubSub cannot publish")
+	}
+	err := e.Write(ctx, func(ctx context.Context, q store.Querier) error {
+		return e.st.InsertOutbox(ctx, q, rows...)
+	})
+	if err == nil {
+		wake(e.relayWake)
+	}
+	return err
+}
+
+// PublishTx stores rows in the caller's transaction. The relay finds them
+// at its next poll after the caller commits; Nudge shortens the wait.
+func (e *Engine) PublishTx(ctx context.Context, tx *sql.Tx, rows ...store.OutboxRow) error {
+	if !e.cfg.CanPublish {
+		return errors.New("the PubSub cannot publish")
+	}
+	if e.isClosed() {
+		return ErrClosed
+	}
+	if err := e.st.InsertOutbox(ctx, tx, rows...); err != nil {
+		return err
+	}
+	e.nudgeRelay()
+	return nil
+}
+
+// DB is the database the engine works on.
+func (e *Engine) DB() *sql.DB { return e.cfg.DB }
+
+// Store is the engine's query set.
+func (e *Engine) Store() *store.Store { return e.st }
+
+// Close stops intake, drains handlers until ctx ends, then cancels them,
+// flushes and closes what the engine owns. It may be called again.
+func (e *Engine) Close(ctx context.Context) error {
+	e.closeOnce.Do(func() {
+		close(e.closed)
+		go e.shutdown()
+	})
+	select {
+	case <-e.finished:
+		return e.closeErr
+	case <-ctx.Done():
+		e.stopRuns() // handlers see their context cancelled; shutdown goes on
+		return ctx.Err()
+	}
+}
+
+// shutdown stops everything in order: intake, workers, senders, writer.
+func (e *Engine) shutdown() {
+	defer close(e.finished)
+	var errs []error
+	e.mu.Lock()
+	unsubs := e.unsubs
+	e.unsubs = nil
+	e.mu.Unlock()
+	for _, u := range unsubs {
+		if err := u(); err != nil {
+			errs = append(errs, fmt.Errorf("unsubscribe: %w", err))
+		}
+	}
+	e.workers.stop() // waits for in-flight handlers and their results
+	e.stopBG()       // relay, ack sender (after a last flush), janitor
+	e.bgWG.Wait()
+	e.stopRuns()
+	e.w.stop()
+	if e.cfg.OwnDB {
+		if err := e.cfg.DB.Close(); err != nil {
+			errs = append(errs, fmt.Errorf("close database: %w", err))
+		}
+	}
+	e.closeErr = errors.Join(errs...)
+}

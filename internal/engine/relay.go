@@ -1,0 +1,189 @@
+package engine
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	"github.com/durabus/durabus/internal/store"
+)
+
+// The relay sends due outbox rows. Every decision lives in the row (its
+// state, send count and due time), so a crash loses no retry state: a row
+// claimed by a relay that died is due again once its PendingDelay passed.
+
+// relayLoop runs until ctx ends, sending whatever is due and sleeping until
+// the next due row, a wake-up or the poll interval.
+func (e *Engine) relayLoop(ctx context.Context) {
+	failures := 0
+	for ctx.Err() == nil {
+		n, err := e.relayOnce(ctx)
+		switch {
+		case err != nil && ctx.Err() == nil:
+			failures++
+			e.log.Warn("durabus: relay", "err", err, "failures", failures)
+			e.sleep(ctx, e.relayWake, min(e.cfg.Backoff(failures), e.cfg.PollInterval*5), false)
+			continue
+		case err == nil:
+			failures = 0
+		}
+		if n == relayBatch {
+			continue // more may be due
+		}
+		e.sleep(ctx, e.relayWake, e.untilNextDue(ctx), true)
+	}
+}
+
+// untilNextDue is how long the relay may sleep: until the earliest due row,
+// at most the poll interval.
+func (e *Engine) untilNextDue(ctx context.Context) time.Duration {
+	wait := e.cfg.PollInterval
+	due, ok, err := e.st.NextOutboxDue(ctx, e.cfg.DB, e.cfg.Name)
+	if since := time.Duration(e.nowMS()-e.nudgedAt.Load()) * time.Millisecond; since < e.cfg.PollInterval {
+		wait = min(wait, nudgePoll)
+	}
+	if err != nil || !ok || due == never {
+		return wait
+	}
+	return min(wait, time.Duration(due-e.nowMS())*time.Millisecond)
+}
+
+// sleep waits for d, a wake-up on ch or the end of ctx.
+func (e *Engine) sleep(ctx context.Context, ch chan struct{}, d time.Duration, wakeable bool) {
+	if d <= 0 {
+		return
+	}
+	t := time.NewTimer(d)
+	defer t.Stop()
+	if !wakeable {
+		ch = nil
+	}
+	select {
+	case <-ctx.Done():
+	case <-t.C:
+	case <-ch:
+	}
+}
+
+// nudgeRelay makes the relay look again soon; used after PublishTx, whose
+// commit the bus cannot see.
+func (e *Engine) nudgeRelay() {
+	e.nudgedAt.Store(e.nowMS())
+	wake(e.relayWake)
+}
+
+// nudgePoll is how often the relay looks for rows during the poll interval
+// that follows a PublishTx.
+const nudgePoll = 20 * time.Millisecond
+
+// relayOnce claims up to relayBatch due rows, sends them and returns how many
+// it claimed.
+func (e *Engine) relayOnce(ctx context.Context) (int, error) {
+	var due []store.OutboxSend
+	claimed := 0
+	now := e.nowMS()
+	err := e.w.Do(ctx, func(ctx context.Context, q store.Querier) error {
+		due = due[:0]
+		rows, err := e.st.DueOutbox(ctx, q, e.cfg.Name, now, relayBatch)
+		if err != nil {
+			return err
+		}
+		claimed = len(rows)
+		for _, r := range rows {
+			if r.State == store.Pending && r.Sends > e.cfg.MaxRetries {
+				reason := fmt.Sprintf("undelivered: no subscriber acknowledged it after %d sends", r.Sends)
+				if err := e.st.OutboxDead(ctx, q, r.ID, reason, "", now); err != nil {
+					return err
+				}
+				continue
+			}
+			if err := e.st.Sent(ctx, q, r.ID, r.Sends+1, e.nextSend(r.State, r.Sends+1, now), now); err != nil {
+				return err
+			}
+			due = append(due, r)
+		}
+		return nil
+	})
+	if err != nil {
+		return 0, fmt.Errorf("claim outbox rows: %w", err)
+	}
+	if len(due) == 0 {
+		return claimed, nil
+	}
+	if err := e.send(ctx, due); err != nil {
+		e.unclaim(due, now)
+		return 0, err
+	}
+	if !e.cfg.CanSubscribe {
+		e.completeUnheard(due)
+	}
+	return claimed, nil
+}
+
+// nextSend is when a row sent for the sends-th time is due again. A row no
+// one acknowledged is re-sent after PendingDelay, then with backoff; a row a
+// consumer received is asked about again (a re-send the inbox absorbs and
+// answers) until MaxRetries, and then left to the acks and to recall.
+func (e *Engine) nextSend(state string, sends int, now int64) int64 {
+	if state == store.Processing && sends > e.cfg.MaxRetries {
+		return never
+	}
+	d := max(e.cfg.PendingDelay, e.cfg.Backoff(sends))
+	return now + d.Milliseconds()
+}
+
+// send publishes rows, pipelined when the PubSub can.
+func (e *Engine) send(ctx context.Context, rows []store.OutboxSend) error {
+	if bp, ok := e.cfg.PubSub.(BatchPublisher); ok && len(rows) > 1 {
+		channels := make([]string, len(rows))
+		msgs := make([][]byte, len(rows))
+		for i, r := range rows {
+			channels[i], msgs[i] = e.eventChannel(r.EventName), r.Message
+		}
+		if err := bp.PublishBatch(ctx, channels, msgs); err != nil {
+			return fmt.Errorf("publish %d events: %w", len(rows), err)
+		}
+		return nil
+	}
+	for _, r := range rows {
+		if err := e.cfg.PubSub.Publish(ctx, e.eventChannel(r.EventName), r.Message); err != nil {
+			return fmt.Errorf("publish event %s: %w", r.EventID, err)
+		}
+	}
+	return nil
+}
+
+// unclaim puts rows whose send failed back as they were, due again after a
+// short pause: a broker outage does not spend their retries.
+func (e *Engine) unclaim(rows []store.OutboxSend, now int64) {
+	due := now + min(e.cfg.PollInterval, time.Second).Milliseconds()
+	err := e.w.Do(context.Background(), func(ctx context.Context, q store.Querier) error {
+		for _, r := range rows {
+			if err := e.st.Sent(ctx, q, r.ID, r.Sends, due, now); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		// The rows are due after PendingDelay anyway.
+		e.log.Warn("durabus: relay: put back unsent rows", "err", err)
+	}
+}
+
+// completeUnheard marks rows COMPLETED once the broker took them, for a bus
+// that cannot subscribe and so never hears acks.
+func (e *Engine) completeUnheard(rows []store.OutboxSend) {
+	now := e.nowMS()
+	err := e.w.Do(context.Background(), func(ctx context.Context, q store.Querier) error {
+		for _, r := range rows {
+			if err := e.st.CompleteOutbox(ctx, q, r.ID, now); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		e.log.Warn("durabus: relay: complete published rows", "err", err)
+	}
+}

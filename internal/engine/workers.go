@@ -1,0 +1,232 @@
+package engine
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/durabus/durabus/internal/store"
+)
+
+// workers run handlers on inbox rows: one dispatcher claims due rows with a
+// lease (so a crash leaves them to be picked up again) and hands them to a
+// fixed pool of Concurrency goroutines.
+type workers struct {
+	e         *Engine
+	jobs      chan store.InboxRun
+	freed     chan struct{}
+	quit      chan struct{}
+	idle      atomic.Int64
+	wg        sync.WaitGroup
+	startOnce sync.Once
+	stopOnce  sync.Once
+	started   atomic.Bool
+}
+
+func newWorkers(e *Engine) *workers {
+	return &workers{e: e, jobs: make(chan store.InboxRun), freed: make(chan struct{}, 1), quit: make(chan struct{})}
+}
+
+// start launches the pool; called when the first handler is added.
+func (w *workers) start() {
+	w.startOnce.Do(func() {
+		w.started.Store(true)
+		n := w.e.cfg.Concurrency
+		w.idle.Store(int64(n))
+		w.wg.Add(n)
+		for range n {
+			go w.work()
+		}
+		w.wg.Add(1)
+		go func() {
+			defer w.wg.Done()
+			w.dispatch()
+			close(w.jobs) // the workers finish what they hold, then exit
+		}()
+	})
+}
+
+// stop stops claiming, waits for running handlers and their results.
+func (w *workers) stop() {
+	w.stopOnce.Do(func() {
+		close(w.quit)
+		w.startOnce.Do(func() {}) // no start after stop
+	})
+	w.wg.Wait()
+}
+
+func (w *workers) dispatch() {
+	e := w.e
+	failures := 0
+	for {
+		select {
+		case <-w.quit:
+			return
+		default:
+		}
+		idle := int(w.idle.Load())
+		var runs []store.InboxRun
+		var err error
+		if idle > 0 {
+			runs, err = w.claim(idle)
+		}
+		if err != nil {
+			failures++
+			e.log.Warn("durabus: claim inbox rows", "err", err, "failures", failures)
+			w.wait(min(e.cfg.Backoff(failures), e.cfg.PollInterval*5))
+			continue
+		}
+		failures = 0
+		for _, r := range runs {
+			w.idle.Add(-1)
+			w.jobs <- r
+		}
+		if len(runs) > 0 && len(runs) == idle {
+			w.wait(e.cfg.PollInterval) // all busy: a freed worker wakes us
+			continue
+		}
+		if len(runs) == 0 {
+			w.wait(w.untilNextDue())
+		}
+	}
+}
+
+func (w *workers) claim(n int) ([]store.InboxRun, error) {
+	e := w.e
+	now := e.nowMS()
+	lease := now + (e.cfg.HandlerTimeout + 30*time.Second).Milliseconds()
+	var runs []store.InboxRun
+	err := e.w.Do(context.Background(), func(ctx context.Context, q store.Querier) error {
+		var err error
+		runs, err = e.st.ClaimInbox(ctx, q, e.cfg.Name, now, lease, n)
+		return err
+	})
+	return runs, err
+}
+
+func (w *workers) untilNextDue() time.Duration {
+	e := w.e
+	due, ok, err := e.st.NextInboxDue(context.Background(), e.cfg.DB, e.cfg.Name)
+	if err != nil || !ok {
+		return e.cfg.PollInterval
+	}
+	return min(e.cfg.PollInterval, time.Duration(due-e.nowMS())*time.Millisecond)
+}
+
+func (w *workers) wait(d time.Duration) {
+	if d <= 0 {
+		return
+	}
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-w.quit:
+	case <-t.C:
+	case <-w.e.workWake:
+	case <-w.freed:
+	}
+}
+
+func (w *workers) work() {
+	defer w.wg.Done()
+	for r := range w.jobs {
+		w.e.run(r)
+		w.idle.Add(1)
+		wake(w.freed)
+	}
+}
+
+// errNoHandler marks rows whose handler is not registered (yet).
+var errNoHandler = errors.New("no handler registered")
+
+// run runs one handler on one row and records the outcome.
+func (e *Engine) run(r store.InboxRun) {
+	h, ok := e.handler(r.EventName, r.Handler)
+	if !ok {
+		e.postpone(r)
+		return
+	}
+	ctx, cancel := context.WithTimeout(e.runCtx, e.cfg.HandlerTimeout)
+	err := h.Run(ctx, r.Message, r.Attempts)
+	cancel()
+	if err != nil && e.runCtx.Err() != nil {
+		return // Close gave up on it: the row stays leased and runs again after a restart
+	}
+	e.finish(r, err)
+}
+
+// postpone puts back a row whose handler is not registered, without
+// counting the attempt: it waits for a bus that has the handler.
+func (e *Engine) postpone(r store.InboxRun) {
+	now := e.nowMS()
+	reason := fmt.Sprintf("%v: no handler named %q for event %q", errNoHandler, r.Handler, r.EventName)
+	e.log.Warn("durabus: inbox row waits for its handler", "event", r.EventName, "handler", r.Handler)
+	err := e.w.Do(context.Background(), func(ctx context.Context, q store.Querier) error {
+		if _, err := q.ExecContext(ctx, "UPDATE "+e.st.Prefix+"inbox SET attempts = attempts - 1 WHERE id = ?", r.ID); err != nil {
+			return err
+		}
+		return e.st.InboxRetry(ctx, q, r.ID, now+time.Minute.Milliseconds(), reason, now)
+	})
+	if err != nil {
+		e.log.Warn("durabus: postpone inbox row", "err", err)
+	}
+}
+
+// finish records a handler's outcome and tells the publisher once every
+// handler of the event is done.
+func (e *Engine) finish(r store.InboxRun, runErr error) {
+	now := e.nowMS()
+	state := store.Completed
+	var due int64
+	if runErr != nil {
+		unrecoverable, after := e.cfg.Classify(runErr)
+		switch {
+		case unrecoverable || r.Attempts > e.cfg.MaxRetries:
+			state = store.Dead
+		default:
+			state = store.Processing
+			if after <= 0 {
+				after = e.cfg.Backoff(r.Attempts)
+			}
+			due = now + after.Milliseconds()
+		}
+	}
+	ack := store.Ack{EventID: r.EventID, Group: e.cfg.Name}
+	local := r.Publisher == e.cfg.Name
+	err := e.w.Do(context.Background(), func(ctx context.Context, q store.Querier) error {
+		var err error
+		switch state {
+		case store.Completed:
+			err = e.st.InboxComplete(ctx, q, r.ID, now)
+		case store.Dead:
+			err = e.st.InboxDead(ctx, q, r.ID, runErr.Error(), now)
+		default:
+			return e.st.InboxRetry(ctx, q, r.ID, due, runErr.Error(), now)
+		}
+		if err != nil {
+			return err
+		}
+		ack.Status, ack.Error, _, err = e.st.InboxEventStatus(ctx, q, e.cfg.Name, r.EventID)
+		if err != nil || ack.Status == store.Received || ack.Status == "" || !local {
+			return err
+		}
+		_, err = e.st.ApplyAck(ctx, q, e.cfg.Name, ack, now, now)
+		return err
+	})
+	if err != nil {
+		e.log.Error("durabus: record handler outcome; the row runs again after its lease", "event", r.EventID, "handler", r.Handler, "err", err)
+		return
+	}
+	if state == store.Dead {
+		e.log.Warn("durabus: event is DEAD", "event", r.EventName, "id", r.EventID, "handler", r.Handler, "attempts", r.Attempts, "err", runErr)
+		if e.cfg.OnDead != nil {
+			e.cfg.OnDead(e.runCtx, Dead{EventID: r.EventID, EventName: r.EventName, Handler: r.Handler, Attempts: r.Attempts, Err: runErr, Message: r.Message})
+		}
+	}
+	if !local && state != store.Processing && ack.Status != store.Received && ack.Status != "" && r.Publisher != "" {
+		e.acks.add(r.Publisher, ack)
+	}
+}

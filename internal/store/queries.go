@@ -1,0 +1,407 @@
+package store
+
+import (
+	"context"
+	"database/sql"
+	"fmt"
+	"strings"
+)
+
+// Store runs durabus's queries against tables with one prefix.
+type Store struct {
+	Prefix string
+	sql    map[string]string
+}
+
+// New returns a Store for tables named prefix+"outbox" and prefix+"inbox".
+func New(prefix string) *Store {
+	s := &Store{Prefix: prefix, sql: make(map[string]string, len(allQueries))}
+	for _, q := range allQueries {
+		s.sql[q] = strings.ReplaceAll(q, "{p}", prefix)
+	}
+	return s
+}
+
+func (s *Store) q(text string) string {
+	if out, ok := s.sql[text]; ok {
+		return out
+	}
+	panic("store: query not registered: " + text) // a programming error, caught by any test
+}
+
+// OutboxRow is a row to insert into the outbox.
+type OutboxRow struct {
+	EventID   string
+	EventName string
+	Publisher string
+	Message   []byte
+	DueAt     int64
+	Now       int64
+}
+
+// OutboxSend is a due outbox row handed to the relay.
+type OutboxSend struct {
+	ID        int64
+	EventID   string
+	EventName string
+	State     string
+	Sends     int
+	Message   []byte
+}
+
+// InboxRow is a row to insert into the inbox.
+type InboxRow struct {
+	Consumer  string
+	EventID   string
+	Handler   string
+	EventName string
+	Publisher string
+	State     string
+	Message   []byte
+	LastError string
+	Now       int64
+}
+
+// InboxRun is an inbox row claimed for a handler run.
+type InboxRun struct {
+	ID        int64
+	EventID   string
+	Handler   string
+	EventName string
+	Publisher string
+	Message   []byte
+	Attempts  int
+}
+
+const (
+	qInsertOutbox = `INSERT INTO {p}outbox (event_id, event_name, publisher, state, message, due_at, created_at, updated_at)
+VALUES (?, ?, ?, 'PENDING', ?, ?, ?, ?)`
+	qDueOutbox = `SELECT id, event_id, event_name, state, sends, message FROM {p}outbox
+WHERE publisher = ? AND state IN ('PENDING', 'PROCESSING') AND due_at <= ? ORDER BY due_at LIMIT ?`
+	qNextOutboxDue = `SELECT MIN(due_at) FROM {p}outbox WHERE publisher = ? AND state IN ('PENDING', 'PROCESSING')`
+	qSent          = `UPDATE {p}outbox SET sends = ?, due_at = ?, updated_at = ? WHERE id = ?`
+	qOutboxDead    = `UPDATE {p}outbox SET state = 'DEAD', last_error = ?, dead_by = ?, updated_at = ? WHERE id = ?`
+	qAckReceived   = `UPDATE {p}outbox SET state = 'PROCESSING', sends = 0, due_at = ?, updated_at = ?
+WHERE publisher = ? AND event_id = ? AND state = 'PENDING'`
+	qAckCompleted = `UPDATE {p}outbox SET state = 'COMPLETED', last_error = NULL, dead_by = NULL, updated_at = ?
+WHERE publisher = ? AND event_id = ? AND state <> 'COMPLETED'`
+	qAckDead = `UPDATE {p}outbox SET state = 'DEAD', last_error = ?, dead_by = ?, updated_at = ?
+WHERE publisher = ? AND event_id = ? AND state IN ('PENDING', 'PROCESSING')`
+	qCompleteOutbox = `UPDATE {p}outbox SET state = 'COMPLETED', updated_at = ? WHERE id = ? AND state <> 'COMPLETED'`
+
+	qRecallOutgoing = `UPDATE {p}outbox SET sends = 0, due_at = ?, updated_at = ? WHERE id IN (
+SELECT id FROM {p}outbox WHERE publisher = ? AND state IN ('PENDING', 'PROCESSING') AND id > ? ORDER BY id LIMIT ?) RETURNING id`
+	qRecallDeadOutbox = `UPDATE {p}outbox SET state = 'PENDING', sends = 0, due_at = ?, updated_at = ? WHERE id IN (
+SELECT id FROM {p}outbox WHERE publisher = ? AND state = 'DEAD' AND dead_by IS NULL AND id > ? ORDER BY id LIMIT ?) RETURNING id`
+	qRecallDeadInbox = `UPDATE {p}inbox SET state = 'PROCESSING', attempts = 0, due_at = ?, updated_at = ? WHERE id IN (
+SELECT id FROM {p}inbox WHERE consumer = ? AND state = 'DEAD' AND handler <> '' AND id > ? ORDER BY id LIMIT ?) RETURNING id`
+	qDeleteOutbox = `DELETE FROM {p}outbox WHERE id IN (
+SELECT id FROM {p}outbox WHERE publisher = ? AND state = ? AND updated_at < ? LIMIT ?)`
+	qDeleteInbox = `DELETE FROM {p}inbox WHERE id IN (
+SELECT id FROM {p}inbox WHERE consumer = ? AND state = ? AND updated_at < ? LIMIT ?)`
+
+	qInsertInbox = `INSERT INTO {p}inbox (consumer, event_id, handler, event_name, publisher, state, message, due_at, last_error, created_at, updated_at)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, NULLIF(?, ''), ?, ?) ON CONFLICT (consumer, event_id, handler) DO NOTHING`
+	qInboxEventStates = `SELECT state, COALESCE(last_error, '') FROM {p}inbox WHERE consumer = ? AND event_id = ?`
+	qClaimInbox       = `UPDATE {p}inbox SET attempts = attempts + 1, due_at = ?, updated_at = ? WHERE id IN (
+SELECT id FROM {p}inbox WHERE consumer = ? AND state = 'PROCESSING' AND due_at <= ? ORDER BY due_at LIMIT ?)
+RETURNING id, event_id, handler, event_name, publisher, message, attempts`
+	qNextInboxDue  = `SELECT MIN(due_at) FROM {p}inbox WHERE consumer = ? AND state = 'PROCESSING'`
+	qInboxComplete = `UPDATE {p}inbox SET state = 'COMPLETED', last_error = NULL, updated_at = ? WHERE id = ? AND state = 'PROCESSING'`
+	qInboxRetry    = `UPDATE {p}inbox SET due_at = ?, last_error = ?, updated_at = ? WHERE id = ? AND state = 'PROCESSING'`
+	qInboxDead     = `UPDATE {p}inbox SET state = 'DEAD', last_error = ?, updated_at = ? WHERE id = ? AND state = 'PROCESSING'`
+
+	qOutboxCounts = `SELECT event_name, state, COUNT(*), MIN(CASE WHEN state IN ('PENDING', 'PROCESSING') THEN created_at END)
+FROM {p}outbox WHERE publisher = ? GROUP BY event_name, state`
+	qInboxCounts = `SELECT event_name, handler, state, COUNT(*), MIN(CASE WHEN state = 'PROCESSING' THEN created_at END)
+FROM {p}inbox WHERE consumer = ? GROUP BY event_name, handler, state`
+)
+
+var allQueries = []string{
+	qInsertOutbox, qDueOutbox, qNextOutboxDue, qSent, qOutboxDead, qAckReceived, qAckCompleted, qAckDead,
+	qCompleteOutbox, qRecallOutgoing, qRecallDeadOutbox, qRecallDeadInbox, qDeleteOutbox, qDeleteInbox,
+	qInsertInbox, qInboxEventStates, qClaimInbox, qNextInboxDue, qInboxComplete, qInboxRetry, qInboxDead,
+	qOutboxCounts, qInboxCounts,
+}
+
+// InsertOutbox inserts PENDING rows.
+func (s *Store) InsertOutbox(ctx context.Context, q Querier, rows ...OutboxRow) error {
+	for _, r := range rows {
+		if _, err := q.ExecContext(ctx, s.q(qInsertOutbox), r.EventID, r.EventName, r.Publisher, r.Message, r.DueAt, r.Now, r.Now); err != nil {
+			return fmt.Errorf("insert outbox row: %w", Classify(err))
+		}
+	}
+	return nil
+}
+
+// DueOutbox returns up to limit rows of publisher that are due at now.
+func (s *Store) DueOutbox(ctx context.Context, q Querier, publisher string, now int64, limit int) ([]OutboxSend, error) {
+	rows, err := q.QueryContext(ctx, s.q(qDueOutbox), publisher, now, limit)
+	if err != nil {
+		return nil, fmt.Errorf("select due outbox rows: %w", Classify(err))
+	}
+	defer rows.Close()
+	var out []OutboxSend
+	for rows.Next() {
+		var r OutboxSend
+		if err := rows.Scan(&r.ID, &r.EventID, &r.EventName, &r.State, &r.Sends, &r.Message); err != nil {
+			return nil, err
+		}
+		out = append(out, r)
+	}
+	return out, rows.Err()
+}
+
+// NextDue returns the earliest due time of publisher's unfinished outbox rows
+// (ok is false when there are none).
+func (s *Store) NextOutboxDue(ctx context.Context, q Querier, publisher string) (due int64, ok bool, err error) {
+	return nextDue(ctx, q, s.q(qNextOutboxDue), publisher)
+}
+
+// NextInboxDue is NextOutboxDue for the inbox rows of consumer.
+func (s *Store) NextInboxDue(ctx context.Context, q Querier, consumer string) (due int64, ok bool, err error) {
+	return nextDue(ctx, q, s.q(qNextInboxDue), consumer)
+}
+
+func nextDue(ctx context.Context, q Querier, query, name string) (int64, bool, error) {
+	var due sql.NullInt64
+	if err := q.QueryRowContext(ctx, query, name).Scan(&due); err != nil {
+		return 0, false, Classify(err)
+	}
+	return due.Int64, due.Valid, nil
+}
+
+// Sent records that an outbox row was (about to be) sent: its send count and
+// when it is due again.
+func (s *Store) Sent(ctx context.Context, q Querier, id int64, sends int, dueAt, now int64) error {
+	_, err := q.ExecContext(ctx, s.q(qSent), sends, dueAt, now, id)
+	return Classify(err)
+}
+
+// OutboxDead marks an outbox row DEAD; deadBy names the group that gave up on
+// it, empty when no one acknowledged it.
+func (s *Store) OutboxDead(ctx context.Context, q Querier, id int64, reason, deadBy string, now int64) error {
+	_, err := q.ExecContext(ctx, s.q(qOutboxDead), reason, nullString(deadBy), now, id)
+	return Classify(err)
+}
+
+// CompleteOutbox marks an outbox row COMPLETED.
+func (s *Store) CompleteOutbox(ctx context.Context, q Querier, id int64, now int64) error {
+	_, err := q.ExecContext(ctx, s.q(qCompleteOutbox), now, id)
+	return Classify(err)
+}
+
+// Ack is an acknowledgement a consumer group sent about one event.
+type Ack struct {
+	EventID string
+	Status  string // Received, Completed or Dead (the row states)
+	Group   string
+	Error   string
+}
+
+// Received is the ack status for a stored but unfinished event.
+const Received = "RECEIVED"
+
+// ApplyAck moves publisher's outbox row along with an ack. It reports
+// whether a row changed.
+func (s *Store) ApplyAck(ctx context.Context, q Querier, publisher string, a Ack, nextDue, now int64) (bool, error) {
+	var res sql.Result
+	var err error
+	switch a.Status {
+	case Received:
+		res, err = q.ExecContext(ctx, s.q(qAckReceived), nextDue, now, publisher, a.EventID)
+	case Completed:
+		res, err = q.ExecContext(ctx, s.q(qAckCompleted), now, publisher, a.EventID)
+	case Dead:
+		res, err = q.ExecContext(ctx, s.q(qAckDead), a.Error, nullString(a.Group), now, publisher, a.EventID)
+	default:
+		return false, fmt.Errorf("unknown ack status %q", a.Status)
+	}
+	if err != nil {
+		return false, Classify(err)
+	}
+	n, _ := res.RowsAffected()
+	return n > 0, nil
+}
+
+// InsertInbox inserts rows unless the (consumer, event, handler) row exists.
+// It reports how many rows were new.
+func (s *Store) InsertInbox(ctx context.Context, q Querier, rows ...InboxRow) (int, error) {
+	added := 0
+	for _, r := range rows {
+		res, err := q.ExecContext(ctx, s.q(qInsertInbox), r.Consumer, r.EventID, r.Handler, r.EventName, r.Publisher, r.State,
+			r.Message, r.Now, r.LastError, r.Now, r.Now)
+		if err != nil {
+			return added, fmt.Errorf("insert inbox row: %w", Classify(err))
+		}
+		n, _ := res.RowsAffected()
+		added += int(n)
+	}
+	return added, nil
+}
+
+// InboxEventStatus sums up the inbox rows of one event: Completed when every
+// handler completed, Dead when one is dead and none still runs, Received
+// otherwise. ok is false when the event has no rows.
+func (s *Store) InboxEventStatus(ctx context.Context, q Querier, consumer, eventID string) (status, lastError string, ok bool, err error) {
+	rows, err := q.QueryContext(ctx, s.q(qInboxEventStates), consumer, eventID)
+	if err != nil {
+		return "", "", false, Classify(err)
+	}
+	defer rows.Close()
+	var processing, dead, n int
+	for rows.Next() {
+		var st, le string
+		if err := rows.Scan(&st, &le); err != nil {
+			return "", "", false, err
+		}
+		n++
+		switch st {
+		case Processing:
+			processing++
+		case Dead:
+			dead++
+			lastError = le
+		}
+	}
+	if err := rows.Err(); err != nil {
+		return "", "", false, err
+	}
+	switch {
+	case n == 0:
+		return "", "", false, nil
+	case processing > 0:
+		return Received, "", true, nil
+	case dead > 0:
+		return Dead, lastError, true, nil
+	}
+	return Completed, "", true, nil
+}
+
+// ClaimInbox leases up to limit due PROCESSING rows of consumer until
+// leaseUntil, counting an attempt for each.
+func (s *Store) ClaimInbox(ctx context.Context, q Querier, consumer string, now, leaseUntil int64, limit int) ([]InboxRun, error) {
+	rows, err := q.QueryContext(ctx, s.q(qClaimInbox), leaseUntil, now, consumer, now, limit)
+	if err != nil {
+		return nil, fmt.Errorf("claim inbox rows: %w", Classify(err))
+	}
+	defer rows.Close()
+	var out []InboxRun
+	for rows.Next() {
+		var r InboxRun
+		if err := rows.Scan(&r.ID, &r.EventID, &r.Handler, &r.EventName, &r.Publisher, &r.Message, &r.Attempts); err != nil {
+			return nil, err
+		}
+		out = append(out, r)
+	}
+	return out, rows.Err()
+}
+
+// InboxComplete marks a row COMPLETED.
+func (s *Store) InboxComplete(ctx context.Context, q Querier, id, now int64) error {
+	_, err := q.ExecContext(ctx, s.q(qInboxComplete), now, id)
+	return Classify(err)
+}
+
+// InboxRetry schedules another run of a row at dueAt.
+func (s *Store) InboxRetry(ctx context.Context, q Querier, id, dueAt int64, lastError string, now int64) error {
+	_, err := q.ExecContext(ctx, s.q(qInboxRetry), dueAt, lastError, now, id)
+	return Classify(err)
+}
+
+// InboxDead marks a row DEAD with its last error.
+func (s *Store) InboxDead(ctx context.Context, q Querier, id int64, lastError string, now int64) error {
+	_, err := q.ExecContext(ctx, s.q(qInboxDead), lastError, now, id)
+	return Classify(err)
+}
+
+// Batch kinds for the batched maintenance calls.
+const (
+	RecallOutgoing = iota
+	RecallDeadOutbox
+	RecallDeadInbox
+)
+
+// Recall makes up to limit rows with id > after due now again, as kind
+// says, and returns the largest id it touched and how many.
+func (s *Store) Recall(ctx context.Context, q Querier, kind int, name string, after int64, limit int, now int64) (last int64, n int, err error) {
+	query := map[int]string{RecallOutgoing: qRecallOutgoing, RecallDeadOutbox: qRecallDeadOutbox, RecallDeadInbox: qRecallDeadInbox}[kind]
+	rows, err := q.QueryContext(ctx, s.q(query), now, now, name, after, limit)
+	if err != nil {
+		return 0, 0, Classify(err)
+	}
+	defer rows.Close()
+	for rows.Next() {
+		var id int64
+		if err := rows.Scan(&id); err != nil {
+			return 0, 0, err
+		}
+		last = max(last, id)
+		n++
+	}
+	return last, n, rows.Err()
+}
+
+// Delete removes up to limit rows in state that were last updated before
+// before, from the outbox of publisher or the inbox of consumer.
+func (s *Store) Delete(ctx context.Context, q Querier, inbox bool, name, state string, before int64, limit int) (int, error) {
+	query := qDeleteOutbox
+	if inbox {
+		query = qDeleteInbox
+	}
+	res, err := q.ExecContext(ctx, s.q(query), name, state, before, limit)
+	if err != nil {
+		return 0, Classify(err)
+	}
+	n, _ := res.RowsAffected()
+	return int(n), nil
+}
+
+// Count is one line of the state counts.
+type Count struct {
+	EventName string
+	Handler   string // inbox only
+	State     string
+	N         int
+	Oldest    int64 // created_at of the oldest unfinished row, 0 if none
+}
+
+// OutboxCounts counts publisher's outbox rows by event name and state.
+func (s *Store) OutboxCounts(ctx context.Context, q Querier, publisher string) ([]Count, error) {
+	return s.counts(ctx, q, qOutboxCounts, publisher, false)
+}
+
+// InboxCounts counts consumer's inbox rows by event name, handler and state.
+func (s *Store) InboxCounts(ctx context.Context, q Querier, consumer string) ([]Count, error) {
+	return s.counts(ctx, q, qInboxCounts, consumer, true)
+}
+
+func (s *Store) counts(ctx context.Context, q Querier, query, name string, inbox bool) ([]Count, error) {
+	rows, err := q.QueryContext(ctx, s.q(query), name)
+	if err != nil {
+		return nil, Classify(err)
+	}
+	defer rows.Close()
+	var out []Count
+	for rows.Next() {
+		var c Count
+		var oldest sql.NullInt64
+		dest := []any{&c.EventName, &c.State, &c.N, &oldest}
+		if inbox {
+			dest = []any{&c.EventName, &c.Handler, &c.State, &c.N, &oldest}
+		}
+		if err := rows.Scan(dest...); err != nil {
+			return nil, err
+		}
+		c.Oldest = oldest.Int64
+		out = append(out, c)
+	}
+	return out, rows.Err()
+}
+
+func nullString(s string) any {
+	if s == "" {
+		return nil
+	}
+	return s
+}

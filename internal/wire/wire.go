@@ -1,0 +1,142 @@
+// Package wire encodes and decodes what durabus sends over a PubSub: event
+// envelopes (compatible with persistent-bus) and control messages (acks).
+package wire
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"time"
+	"unicode"
+	"unicode/utf8"
+)
+
+// MaxNameLen bounds event, publisher and handler names, in bytes.
+const MaxNameLen = 255
+
+// TimeLayout is how publishedAt is written: ISO 8601 in UTC with
+// milliseconds, as JavaScript's Date.toISOString does.
+const TimeLayout = "2006-01-02T15:04:05.000Z07:00"
+
+// Envelope is an event on the wire.
+type Envelope struct {
+	EventName     string            `json:"eventName"`
+	EventID       string            `json:"eventId"`
+	PublishedBy   string            `json:"publishedBy"`
+	PublishedAt   string            `json:"publishedAt"`
+	Payload       json.RawMessage   `json:"payload"`
+	CorrelationID string            `json:"correlationId,omitempty"`
+	Key           string            `json:"key,omitempty"`
+	Headers       map[string]string `json:"headers,omitempty"`
+	Replay        bool              `json:"replay,omitempty"`
+}
+
+// Time parses PublishedAt; the zero time when it does not parse.
+func (e *Envelope) Time() time.Time {
+	t, err := time.Parse(time.RFC3339Nano, e.PublishedAt)
+	if err != nil {
+		return time.Time{}
+	}
+	return t
+}
+
+// FormatTime formats t as PublishedAt.
+func FormatTime(t time.Time) string { return t.UTC().Format(TimeLayout) }
+
+// Encode returns the JSON of e.
+func Encode(e *Envelope) ([]byte, error) { return json.Marshal(e) }
+
+// Decode parses and checks an envelope. Its errors say what is wrong, for the
+// DEAD row that keeps the message.
+func Decode(msg []byte) (*Envelope, error) {
+	var e Envelope
+	if err := json.Unmarshal(msg, &e); err != nil {
+		return nil, fmt.Errorf("malformed envelope: %w", err)
+	}
+	if err := CheckName("eventName", e.EventName); err != nil {
+		return nil, fmt.Errorf("malformed envelope: %w", err)
+	}
+	if err := CheckName("eventId", e.EventID); err != nil {
+		return nil, fmt.Errorf("malformed envelope: %w", err)
+	}
+	if len(e.Payload) == 0 {
+		return nil, errors.New("malformed envelope: no payload field")
+	}
+	return &e, nil
+}
+
+// CheckName reports why s cannot be a name: empty, longer than MaxNameLen
+// bytes, invalid UTF-8 or containing control characters.
+func CheckName(field, s string) error {
+	switch {
+	case s == "":
+		return fmt.Errorf("%s is empty", field)
+	case len(s) > MaxNameLen:
+		return fmt.Errorf("%s is %d bytes long, the limit is %d", field, len(s), MaxNameLen)
+	case !utf8.ValidString(s):
+		return fmt.Errorf("%s is not valid UTF-8", field)
+	}
+	for _, r := range s {
+		if unicode.IsControl(r) {
+			return fmt.Errorf("%s %q contains a control character", field, s)
+		}
+	}
+	return nil
+}
+
+// Ack statuses on the wire.
+const (
+	AckReceived  = "received"
+	AckCompleted = "completed"
+	AckDead      = "dead"
+)
+
+// ControlVersion is the version of control messages this code writes.
+const ControlVersion = 1
+
+// AckBatch tells a publisher what a consumer group did with its events.
+type AckBatch struct {
+	Version int    `json:"v"`
+	Type    string `json:"type"`
+	Group   string `json:"group"`
+	Acks    []Ack  `json:"acks"`
+}
+
+// Ack is the status of one event in one group.
+type Ack struct {
+	EventID string `json:"id"`
+	Status  string `json:"status"`
+	Error   string `json:"error,omitempty"`
+}
+
+// EncodeAcks returns the JSON of an ack batch from group.
+func EncodeAcks(group string, acks []Ack) ([]byte, error) {
+	return json.Marshal(AckBatch{Version: ControlVersion, Type: "ack", Group: group, Acks: acks})
+}
+
+// DecodeAcks parses and checks an ack batch.
+func DecodeAcks(msg []byte) (*AckBatch, error) {
+	var b AckBatch
+	dec := json.NewDecoder(bytes.NewReader(msg))
+	if err := dec.Decode(&b); err != nil {
+		return nil, fmt.Errorf("malformed ack batch: %w", err)
+	}
+	if b.Version != ControlVersion || b.Type != "ack" {
+		return nil, fmt.Errorf("unsupported control message v=%d type=%q", b.Version, b.Type)
+	}
+	if err := CheckName("group", b.Group); err != nil {
+		return nil, fmt.Errorf("malformed ack batch: %w", err)
+	}
+	for _, a := range b.Acks {
+		switch a.Status {
+		case AckReceived, AckCompleted, AckDead:
+		default:
+			return nil, fmt.Errorf("malformed ack batch: unknown status %q", a.Status)
+		}
+		if err := CheckName("id", a.EventID); err != nil {
+			return nil, fmt.Errorf("malformed ack batch: %w", err)
+		}
+	}
+	return &b, nil
+}
