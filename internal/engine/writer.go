@@ -18,8 +18,7 @@ const maxBatch = 1000
 
 // writer owns the bus's single write connection. Callers hand it functions
 // to run in a transaction; it runs all that are waiting in one transaction
-// (group commit), each inside a savepoint so one failing operation does not
-// undo the others. A caller returns after the commit that holds its work.
+// (group commit). A caller returns after the commit that holds its work.
 type writer struct {
 	conn *conn
 	ops  chan *op
@@ -108,9 +107,12 @@ func (w *writer) loop() {
 	}
 }
 
-// run executes a batch in one transaction and answers every caller.
+// run executes a batch in one transaction and answers every caller. When
+// an operation fails, the transaction is rolled back and each operation runs
+// again in a transaction of its own, so one failure never undoes another
+// caller's work. Operations must therefore be safe to run again: they reset
+// whatever they report.
 func (w *writer) run(batch []*op) {
-	ctx := context.Background() // a caller's deadline must not abort the others' commit
 	live := batch[:0:0]
 	for _, o := range batch {
 		if err := o.ctx.Err(); err != nil {
@@ -122,27 +124,42 @@ func (w *writer) run(batch []*op) {
 	if len(live) == 0 {
 		return
 	}
+	err := w.tx(live)
+	if !errors.Is(err, errRetryAlone) {
+		for _, o := range live {
+			o.done <- err
+		}
+		return
+	}
+	for _, o := range live {
+		o.done <- w.tx([]*op{o})
+	}
+}
+
+var errRetryAlone = errors.New("an operation failed")
+
+// tx runs ops in one transaction and commits when all succeed; otherwise it
+// rolls back and returns the error (errRetryAlone when ops share the
+// transaction).
+func (w *writer) tx(ops []*op) error {
+	ctx := context.Background() // a caller's deadline must not abort the others' commit
 	if _, err := w.conn.ExecContext(ctx, "BEGIN IMMEDIATE"); err != nil {
-		failAll(live, fmt.Errorf("begin: %w", store.Classify(err)))
-		return
+		return fmt.Errorf("begin: %w", store.Classify(err))
 	}
-	errs := make([]error, len(live))
-	for i, o := range live {
-		errs[i] = w.conn.savepoint(ctx, o.fn, len(live) > 1)
-	}
-	if len(live) == 1 && errs[0] != nil {
-		_, _ = w.conn.ExecContext(ctx, "ROLLBACK")
-		live[0].done <- errs[0]
-		return
+	for _, o := range ops {
+		if err := o.fn(ctx, w.conn); err != nil {
+			_, _ = w.conn.ExecContext(ctx, "ROLLBACK")
+			if len(ops) == 1 {
+				return err
+			}
+			return errRetryAlone
+		}
 	}
 	if _, err := w.conn.ExecContext(ctx, "COMMIT"); err != nil {
 		_, _ = w.conn.ExecContext(ctx, "ROLLBACK")
-		failAll(live, fmt.Errorf("commit: %w", store.Classify(err)))
-		return
+		return fmt.Errorf("commit: %w", store.Classify(err))
 	}
-	for i, o := range live {
-		o.done <- errs[i]
-	}
+	return nil
 }
 
 func failAll(ops []*op, err error) {
@@ -170,9 +187,6 @@ func (c *conn) stmt(ctx context.Context, query string) (*sql.Stmt, error) {
 }
 
 func (c *conn) ExecContext(ctx context.Context, query string, args ...any) (sql.Result, error) {
-	if len(args) == 0 {
-		return c.Conn.ExecContext(ctx, query)
-	}
 	s, err := c.stmt(ctx, query)
 	if err != nil {
 		return nil, err
@@ -194,24 +208,6 @@ func (c *conn) QueryRowContext(ctx context.Context, query string, args ...any) *
 		return c.Conn.QueryRowContext(ctx, query, args...) // reports the same error through Scan
 	}
 	return s.QueryRowContext(ctx, args...)
-}
-
-// savepoint runs fn, inside a savepoint when others share the transaction,
-// and undoes only fn's work when it fails.
-func (c *conn) savepoint(ctx context.Context, fn func(context.Context, store.Querier) error, shared bool) error {
-	if !shared {
-		return fn(ctx, c) // the caller rolls back the whole transaction on error
-	}
-	if _, err := c.Conn.ExecContext(ctx, "SAVEPOINT op"); err != nil {
-		return store.Classify(err)
-	}
-	if err := fn(ctx, c); err != nil {
-		_, _ = c.Conn.ExecContext(ctx, "ROLLBACK TO op")
-		_, _ = c.Conn.ExecContext(ctx, "RELEASE op")
-		return err
-	}
-	_, err := c.Conn.ExecContext(ctx, "RELEASE op")
-	return store.Classify(err)
 }
 
 func (c *conn) close() {
