@@ -139,6 +139,8 @@ func Open(ctx context.Context, cfg Config) (*Engine, error) {
 	if cfg.CanSubscribe && cfg.CanPublish {
 		unsub, err := cfg.PubSub.Subscribe(ctx, e.ackChannel(cfg.Name), e.receiveAcks)
 		if err != nil {
+			e.stopBG()
+			e.stopRuns()
 			e.w.stop()
 			return nil, fmt.Errorf("subscribe to ack channel: %w", err)
 		}

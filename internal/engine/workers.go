@@ -146,32 +146,31 @@ var errNoHandler = errors.New("no handler registered")
 func (e *Engine) run(r store.InboxRun) {
 	h, ok := e.handler(r.EventName, r.Handler)
 	if !ok {
-		e.postpone(r)
+		reason := fmt.Sprintf("%v: no handler named %q for event %q", errNoHandler, r.Handler, r.EventName)
+		e.log.Warn("durabus: inbox entry waits for its handler", "event", r.EventName, "handler", r.Handler)
+		e.postpone(r, true, e.nowMS()+time.Minute.Milliseconds(), reason)
 		return
 	}
 	ctx, cancel := context.WithTimeout(e.runCtx, e.cfg.HandlerTimeout)
 	err := h.Run(ctx, r.Message, r.Attempts)
 	cancel()
 	if err != nil && e.runCtx.Err() != nil {
-		return // Close gave up on it: the row stays leased and runs again after a restart
+		// Close gave up on it: release the lease so that the next bus on this
+		// file runs it at once. The attempt counts, as after a crash.
+		e.postpone(r, false, e.nowMS(), "")
+		return
 	}
 	e.finish(r, err)
 }
 
-// postpone puts back a row whose handler is not registered, without
-// counting the attempt: it waits for a bus that has the handler.
-func (e *Engine) postpone(r store.InboxRun) {
+// postpone makes a claimed row due at dueAt; uncount gives its attempt back.
+func (e *Engine) postpone(r store.InboxRun, uncount bool, dueAt int64, reason string) {
 	now := e.nowMS()
-	reason := fmt.Sprintf("%v: no handler named %q for event %q", errNoHandler, r.Handler, r.EventName)
-	e.log.Warn("durabus: inbox row waits for its handler", "event", r.EventName, "handler", r.Handler)
 	err := e.w.Do(context.Background(), func(ctx context.Context, q store.Querier) error {
-		if _, err := q.ExecContext(ctx, "UPDATE "+e.st.Prefix+"inbox SET attempts = attempts - 1 WHERE id = ?", r.ID); err != nil {
-			return err
-		}
-		return e.st.InboxRetry(ctx, q, r.ID, now+time.Minute.Milliseconds(), reason, now)
+		return e.st.InboxPostpone(ctx, q, r.ID, uncount, dueAt, reason, now)
 	})
 	if err != nil {
-		e.log.Warn("durabus: postpone inbox row", "err", err)
+		e.log.Warn("durabus: postpone inbox entry; it runs again after its lease", "event", r.EventID, "err", err)
 	}
 }
 

@@ -110,6 +110,8 @@ RETURNING id, event_id, handler, event_name, publisher, message, attempts`
 	qInboxComplete = `UPDATE {p}inbox SET state = 'COMPLETED', last_error = NULL, updated_at = ? WHERE id = ? AND state = 'PROCESSING'`
 	qInboxRetry    = `UPDATE {p}inbox SET due_at = ?, last_error = ?, updated_at = ? WHERE id = ? AND state = 'PROCESSING'`
 	qInboxDead     = `UPDATE {p}inbox SET state = 'DEAD', last_error = ?, updated_at = ? WHERE id = ? AND state = 'PROCESSING'`
+	qInboxPostpone = `UPDATE {p}inbox SET attempts = MAX(attempts - ?, 0), due_at = ?, last_error = COALESCE(?, last_error), updated_at = ?
+WHERE id = ? AND state = 'PROCESSING'`
 
 	qOutboxCounts = `SELECT event_name, state, COUNT(*), MIN(CASE WHEN state IN ('PENDING', 'PROCESSING') THEN created_at END)
 FROM {p}outbox WHERE publisher = ? GROUP BY event_name, state`
@@ -120,7 +122,7 @@ FROM {p}inbox WHERE consumer = ? GROUP BY event_name, handler, state`
 var allQueries = []string{
 	qInsertOutbox, qDueOutbox, qNextOutboxDue, qSent, qOutboxDead, qAckReceived, qAckCompleted, qAckDead,
 	qCompleteOutbox, qRecallOutgoing, qRecallDeadOutbox, qRecallDeadInbox, qDeleteOutbox, qDeleteInbox,
-	qInsertInbox, qInboxEventStates, qClaimInbox, qNextInboxDue, qInboxComplete, qInboxRetry, qInboxDead,
+	qInsertInbox, qInboxEventStates, qClaimInbox, qNextInboxDue, qInboxComplete, qInboxRetry, qInboxDead, qInboxPostpone,
 	qOutboxCounts, qInboxCounts,
 }
 
@@ -312,6 +314,17 @@ func (s *Store) InboxRetry(ctx context.Context, q Querier, id, dueAt int64, last
 // InboxDead marks a row DEAD with its last error.
 func (s *Store) InboxDead(ctx context.Context, q Querier, id int64, lastError string, now int64) error {
 	_, err := q.ExecContext(ctx, s.q(qInboxDead), lastError, now, id)
+	return Classify(err)
+}
+
+// InboxPostpone makes a claimed row due at dueAt, giving back its attempt
+// when uncount is true, and records reason when it is not empty.
+func (s *Store) InboxPostpone(ctx context.Context, q Querier, id int64, uncount bool, dueAt int64, reason string, now int64) error {
+	n := 0
+	if uncount {
+		n = 1
+	}
+	_, err := q.ExecContext(ctx, s.q(qInboxPostpone), n, dueAt, nullString(reason), now, id)
 	return Classify(err)
 }
 
