@@ -11,32 +11,30 @@ import (
 )
 
 // AddHandler registers h and subscribes to its event's channel when it is
-// the first handler of that event.
+// the first handler of that event (in the background while the broker is
+// unreachable).
 func (e *Engine) AddHandler(h Handler) error {
 	if !e.cfg.CanSubscribe {
 		return fmt.Errorf("the PubSub cannot subscribe")
 	}
 	e.mu.Lock()
-	defer e.mu.Unlock()
 	if e.isClosed() {
+		e.mu.Unlock()
 		return ErrClosed
 	}
 	for _, old := range e.handlers[h.EventName] {
 		if old.Name == h.Name {
+			e.mu.Unlock()
 			return fmt.Errorf("a handler named %q is already registered for %q: name each handler of one event with WithHandlerName", h.Name, h.EventName)
 		}
 	}
 	first := len(e.handlers[h.EventName]) == 0
 	e.handlers[h.EventName] = append(e.handlers[h.EventName], h)
+	e.mu.Unlock()
 	if !first {
 		return nil
 	}
-	unsub, err := e.cfg.PubSub.Subscribe(e.bg, e.eventChannel(h.EventName), e.receiver(h.EventName))
-	if err != nil {
-		delete(e.handlers, h.EventName)
-		return fmt.Errorf("subscribe to %q: %w", h.EventName, err)
-	}
-	e.unsubs = append(e.unsubs, unsub)
+	e.subscribe(e.bg, e.eventChannel(h.EventName), e.receiver(h.EventName))
 	e.workers.start()
 	wake(e.workWake) // rows stored before a restart may wait for this handler
 	return nil

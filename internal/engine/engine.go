@@ -137,14 +137,7 @@ func Open(ctx context.Context, cfg Config) (*Engine, error) {
 	e.acks = newAckSender(e)
 	e.workers = newWorkers(e)
 	if cfg.CanSubscribe && cfg.CanPublish {
-		unsub, err := cfg.PubSub.Subscribe(ctx, e.ackChannel(cfg.Name), e.receiveAcks)
-		if err != nil {
-			e.stopBG()
-			e.stopRuns()
-			e.w.stop()
-			return nil, fmt.Errorf("subscribe to ack channel: %w", err)
-		}
-		e.unsubs = append(e.unsubs, unsub)
+		e.subscribe(ctx, e.ackChannel(cfg.Name), e.receiveAcks)
 	}
 	e.goBG(e.acks.loop)
 	if cfg.CanPublish {
@@ -156,12 +149,64 @@ func Open(ctx context.Context, cfg Config) (*Engine, error) {
 	return e, nil
 }
 
+// goBG runs f in a goroutine the engine owns, unless Close has started.
 func (e *Engine) goBG(f func(ctx context.Context)) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if e.isClosed() {
+		return
+	}
 	e.bgWG.Add(1)
 	go func() {
 		defer e.bgWG.Done()
 		f(e.bg)
 	}()
+}
+
+// subscribeTimeout bounds the first subscription attempt made inside Open
+// or AddHandler; later attempts run in the background.
+const subscribeTimeout = 5 * time.Second
+
+// subscribe subscribes fn to channel. When the broker cannot be reached it
+// keeps trying in the background, with backoff, until it succeeds or the
+// engine closes: a bus opens and publishes while Redis is down, and messages
+// missed meanwhile are re-sent by their publishers.
+func (e *Engine) subscribe(ctx context.Context, channel string, fn func(context.Context, []byte) error) {
+	try := func(ctx context.Context) error {
+		unsub, err := e.cfg.PubSub.Subscribe(ctx, channel, fn)
+		if err != nil {
+			return err
+		}
+		e.mu.Lock()
+		defer e.mu.Unlock()
+		if e.isClosed() { // shutdown already took the list
+			return unsub()
+		}
+		e.unsubs = append(e.unsubs, unsub)
+		return nil
+	}
+	first, cancel := context.WithTimeout(ctx, subscribeTimeout)
+	err := try(first)
+	cancel()
+	if err == nil {
+		return
+	}
+	e.log.Warn("durabus: subscribe failed; retrying in the background", "channel", channel, "err", err)
+	e.goBG(func(ctx context.Context) {
+		for failures := 1; ; failures++ {
+			e.sleep(ctx, nil, min(e.cfg.Backoff(failures), 5*time.Second), false)
+			if ctx.Err() != nil {
+				return
+			}
+			err := try(ctx)
+			if err == nil {
+				e.log.Info("durabus: subscribed", "channel", channel, "after_failures", failures)
+				wake(e.workWake)
+				return
+			}
+			e.log.Debug("durabus: subscribe failed", "channel", channel, "err", err, "failures", failures)
+		}
+	})
 }
 
 // nowMS is the engine's clock in Unix milliseconds.
@@ -247,7 +292,9 @@ func (e *Engine) Store() *store.Store { return e.st }
 // flushes and closes what the engine owns. It may be called again.
 func (e *Engine) Close(ctx context.Context) error {
 	e.closeOnce.Do(func() {
+		e.mu.Lock()
 		close(e.closed)
+		e.mu.Unlock()
 		go e.shutdown()
 	})
 	select {
@@ -269,7 +316,8 @@ func (e *Engine) shutdown() {
 	e.mu.Unlock()
 	for _, u := range unsubs {
 		if err := u(); err != nil {
-			errs = append(errs, fmt.Errorf("unsubscribe: %w", err))
+			// The PubSub stopped delivering; it only could not tell the broker.
+			e.log.Warn("durabus: unsubscribe", "err", err)
 		}
 	}
 	e.workers.stop() // waits for in-flight handlers and their results

@@ -3,7 +3,6 @@
 package wire
 
 import (
-	"bytes"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -63,6 +62,9 @@ func Decode(msg []byte) (*Envelope, error) {
 	if len(e.Payload) == 0 {
 		return nil, errors.New("malformed envelope: no payload field")
 	}
+	if _, err := time.Parse(time.RFC3339Nano, e.PublishedAt); err != nil {
+		return nil, fmt.Errorf("malformed envelope: publishedAt %q is not an ISO 8601 time", e.PublishedAt)
+	}
 	return &e, nil
 }
 
@@ -118,8 +120,7 @@ func EncodeAcks(group string, acks []Ack) ([]byte, error) {
 // DecodeAcks parses and checks an ack batch.
 func DecodeAcks(msg []byte) (*AckBatch, error) {
 	var b AckBatch
-	dec := json.NewDecoder(bytes.NewReader(msg))
-	if err := dec.Decode(&b); err != nil {
+	if err := json.Unmarshal(msg, &b); err != nil {
 		return nil, fmt.Errorf("malformed ack batch: %w", err)
 	}
 	if b.Version != ControlVersion || b.Type != "ack" {
