@@ -63,6 +63,9 @@ type HandlerStats struct {
 // Stats counts this bus's rows by state, event name and handler.
 func (b *Bus[P, S]) Stats(ctx context.Context) (Stats, error) {
 	var s Stats
+	if b.eng.Closed() {
+		return s, ErrClosed
+	}
 	db, st := b.eng.DB(), b.eng.Store()
 	now := b.cfg.now().UnixMilli()
 	age := func(oldest, cur int64) int64 {

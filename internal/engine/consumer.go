@@ -2,6 +2,7 @@ package engine
 
 import (
 	"context"
+	"errors"
 	"fmt"
 
 	"github.com/google/uuid"
@@ -31,12 +32,19 @@ func (e *Engine) AddHandler(h Handler) error {
 	first := len(e.handlers[h.EventName]) == 0
 	e.handlers[h.EventName] = append(e.handlers[h.EventName], h)
 	e.mu.Unlock()
-	if !first {
-		return nil
+	if first {
+		e.subscribe(e.bg, e.eventChannel(h.EventName), e.receiver(h.EventName))
 	}
-	e.subscribe(e.bg, e.eventChannel(h.EventName), e.receiver(h.EventName))
 	e.workers.start()
-	wake(e.workWake) // rows stored before a restart may wait for this handler
+	// Entries stored for this handler may have been postponed while it was
+	// not registered yet: make them due now.
+	err := e.w.Do(context.Background(), func(ctx context.Context, q store.Querier) error {
+		return e.st.InboxWake(ctx, q, e.cfg.Name, h.EventName, h.Name, noHandlerReason(h.EventName, h.Name), e.nowMS())
+	})
+	if err != nil {
+		return fmt.Errorf("wake entries of handler %q: %w", h.Name, err)
+	}
+	wake(e.workWake)
 	return nil
 }
 
@@ -133,6 +141,9 @@ func (e *Engine) storeBad(ctx context.Context, eventName string, msg []byte, rea
 	})
 	if err != nil {
 		return fmt.Errorf("store invalid message: %w", err)
+	}
+	if e.cfg.OnDead != nil {
+		e.cfg.OnDead(ctx, Dead{EventID: row.EventID, EventName: eventName, Err: errors.New(reason), Message: msg})
 	}
 	return nil
 }

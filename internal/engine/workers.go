@@ -2,7 +2,6 @@ package engine
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"sync"
 	"sync/atomic"
@@ -64,6 +63,8 @@ func (w *workers) dispatch() {
 	for {
 		select {
 		case <-w.quit:
+			return
+		case <-e.closed: // Close started: claim nothing more
 			return
 		default:
 		}
@@ -139,16 +140,23 @@ func (w *workers) work() {
 	}
 }
 
-// errNoHandler marks rows whose handler is not registered (yet).
-var errNoHandler = errors.New("no handler registered")
+// noHandlerReason is the last_error of an entry postponed because its
+// handler is not registered (yet); AddHandler makes such entries due again.
+func noHandlerReason(event, handler string) string {
+	return fmt.Sprintf("no handler registered: no handler named %q for event %q", handler, event)
+}
 
 // run runs one handler on one row and records the outcome.
 func (e *Engine) run(r store.InboxRun) {
 	h, ok := e.handler(r.EventName, r.Handler)
 	if !ok {
-		reason := fmt.Sprintf("%v: no handler named %q for event %q", errNoHandler, r.Handler, r.EventName)
+		reason := noHandlerReason(r.EventName, r.Handler)
 		e.log.Warn("durabus: inbox entry waits for its handler", "event", r.EventName, "handler", r.Handler)
 		e.postpone(r, true, e.nowMS()+time.Minute.Milliseconds(), reason)
+		return
+	}
+	if e.runCtx.Err() != nil {
+		e.postpone(r, true, e.nowMS(), "") // claimed as Close gave up: not run, not counted
 		return
 	}
 	ctx, cancel := context.WithTimeout(e.runCtx, e.cfg.HandlerTimeout)

@@ -162,12 +162,6 @@ func (w *writer) tx(ops []*op) error {
 	return nil
 }
 
-func failAll(ops []*op, err error) {
-	for _, o := range ops {
-		o.done <- err
-	}
-}
-
 // conn is the write connection with a cache of prepared statements.
 type conn struct {
 	*sql.Conn

@@ -110,6 +110,8 @@ RETURNING id, event_id, handler, event_name, publisher, message, attempts`
 	qInboxComplete = `UPDATE {p}inbox SET state = 'COMPLETED', last_error = NULL, updated_at = ? WHERE id = ? AND state = 'PROCESSING'`
 	qInboxRetry    = `UPDATE {p}inbox SET due_at = ?, last_error = ?, updated_at = ? WHERE id = ? AND state = 'PROCESSING'`
 	qInboxDead     = `UPDATE {p}inbox SET state = 'DEAD', last_error = ?, updated_at = ? WHERE id = ? AND state = 'PROCESSING'`
+	qInboxWake     = `UPDATE {p}inbox SET due_at = ?, updated_at = ?
+WHERE consumer = ? AND state = 'PROCESSING' AND event_name = ? AND handler = ? AND last_error = ?`
 	qInboxPostpone = `UPDATE {p}inbox SET attempts = MAX(attempts - ?, 0), due_at = ?, last_error = COALESCE(?, last_error), updated_at = ?
 WHERE id = ? AND state = 'PROCESSING'`
 
@@ -122,7 +124,7 @@ FROM {p}inbox WHERE consumer = ? GROUP BY event_name, handler, state`
 var allQueries = []string{
 	qInsertOutbox, qDueOutbox, qNextOutboxDue, qSent, qOutboxDead, qAckReceived, qAckCompleted, qAckDead,
 	qCompleteOutbox, qRecallOutgoing, qRecallDeadOutbox, qRecallDeadInbox, qDeleteOutbox, qDeleteInbox,
-	qInsertInbox, qInboxEventStates, qClaimInbox, qNextInboxDue, qInboxComplete, qInboxRetry, qInboxDead, qInboxPostpone,
+	qInsertInbox, qInboxEventStates, qClaimInbox, qNextInboxDue, qInboxComplete, qInboxRetry, qInboxDead, qInboxPostpone, qInboxWake,
 	qOutboxCounts, qInboxCounts,
 }
 
@@ -325,6 +327,13 @@ func (s *Store) InboxPostpone(ctx context.Context, q Querier, id int64, uncount 
 		n = 1
 	}
 	_, err := q.ExecContext(ctx, s.q(qInboxPostpone), n, dueAt, nullString(reason), now, id)
+	return Classify(err)
+}
+
+// InboxWake makes due at now the PROCESSING entries of one handler whose
+// last error is reason.
+func (s *Store) InboxWake(ctx context.Context, q Querier, consumer, event, handler, reason string, now int64) error {
+	_, err := q.ExecContext(ctx, s.q(qInboxWake), now, now, consumer, event, handler, reason)
 	return Classify(err)
 }
 
