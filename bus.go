@@ -60,6 +60,10 @@ func Open[P, S Event](ctx context.Context, cfg Config) (*Bus[P, S], error) {
 		Classify:        classify,
 		OnDead:          onDead(cfg.OnDead),
 		Now:             cfg.now,
+		HelloInterval:   cfg.HelloInterval,
+		GroupTTL:        cfg.GroupTTL,
+		ClaimTTL:        cfg.ClaimTTL,
+		CatchUpRate:     cfg.CatchUpRate,
 	})
 	if err != nil {
 		if own {

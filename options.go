@@ -23,6 +23,9 @@ const (
 	DefaultPollInterval    = time.Second
 	DefaultHandlerTimeout  = time.Minute
 	DefaultBusyTimeout     = 5 * time.Second
+	DefaultHelloInterval   = 5 * time.Second
+	DefaultGroupTTL        = 7 * 24 * time.Hour
+	DefaultCatchUpRate     = 2000
 )
 
 // Synchronous is SQLite's synchronous setting for the bus's connections.
@@ -103,6 +106,22 @@ type Config struct {
 	// OnDead is called after an inbox entry became DEAD. Optional.
 	OnDead func(ctx context.Context, d DeadLetter)
 
+	// HelloInterval is how often a consumer announces its group and events.
+	// A group silent for three intervals is offline: its re-sends wait
+	// until it is back. Defaults to 5 s.
+	HelloInterval time.Duration
+	// GroupTTL is how long a silent group is remembered. Then it is
+	// forgotten and its unfinished deliveries are dropped (counted in Stats).
+	// Defaults to 7 days.
+	GroupTTL time.Duration
+	// ClaimTTL is how long a replica's claim on an event holds, when the
+	// PubSub is a Claimer. Defaults to 3 × PendingDelay.
+	ClaimTTL time.Duration
+	// CatchUpRate bounds re-sends to one group, per second, so that a group
+	// coming back online catches up without starving new events.
+	// Defaults to 2000.
+	CatchUpRate int
+
 	now func() time.Time // for tests
 }
 
@@ -150,6 +169,8 @@ func (cfg Config) withDefaults() (Config, error) {
 		{"HandlerTimeout", &cfg.HandlerTimeout, DefaultHandlerTimeout},
 		{"BusyTimeout", &cfg.BusyTimeout, DefaultBusyTimeout},
 		{"PollInterval", &cfg.PollInterval, DefaultPollInterval},
+		{"HelloInterval", &cfg.HelloInterval, DefaultHelloInterval},
+		{"GroupTTL", &cfg.GroupTTL, DefaultGroupTTL},
 	}
 	for _, f := range durations {
 		switch {
@@ -158,6 +179,18 @@ func (cfg Config) withDefaults() (Config, error) {
 		case *f.d < 0:
 			bad("%s is negative (%v)", f.name, *f.d)
 		}
+	}
+	switch {
+	case cfg.ClaimTTL == 0:
+		cfg.ClaimTTL = 3 * cfg.PendingDelay
+	case cfg.ClaimTTL < 0:
+		bad("ClaimTTL is negative (%v)", cfg.ClaimTTL)
+	}
+	switch {
+	case cfg.CatchUpRate == 0:
+		cfg.CatchUpRate = DefaultCatchUpRate
+	case cfg.CatchUpRate < 0:
+		bad("CatchUpRate is negative (%d)", cfg.CatchUpRate)
 	}
 	if cfg.Retention == 0 {
 		cfg.Retention = DefaultRetention

@@ -1,6 +1,9 @@
 package durabus
 
-import "context"
+import (
+	"context"
+	"time"
+)
 
 // PubSub moves messages between buses on named channels: an event's channel
 // is its name (after Config.ChannelPrefix), and each bus has an ack channel.
@@ -23,6 +26,19 @@ type PubSub interface {
 type BatchPublisher interface {
 	// PublishBatch sends msgs[i] on channels[i] and returns the first error.
 	PublishBatch(ctx context.Context, channels []string, msgs [][]byte) error
+}
+
+// Claimer is an optional PubSub capability for replicas: several processes
+// of one consumer group (the same Name), each with its own SQLite file.
+// When the PubSub is a Claimer, the replicas race for each event with Claim
+// and only the winner stores and handles it; if the winner dies before
+// storing it, the claim expires after Config.ClaimTTL and the publisher's
+// re-send reaches another replica. Without a Claimer every replica stores
+// and handles every event (at least once, with duplicates). redispubsub
+// implements it with SET NX PX.
+type Claimer interface {
+	// Claim takes key for ttl and reports whether this caller got it.
+	Claim(ctx context.Context, key string, ttl time.Duration) (bool, error)
 }
 
 // Publisher is the publishing half of a PubSub.

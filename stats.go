@@ -25,6 +25,24 @@ type Stats struct {
 	// OldestInbox is the age of the oldest PROCESSING inbox entry, 0 if
 	// there is none.
 	OldestInbox time.Duration
+	// Groups lists the consumer groups this bus heard of, with the state of
+	// their deliveries of this bus's events.
+	Groups []GroupStats
+	// DroppedDeliveries counts deliveries dropped because their group was
+	// silent for longer than Config.GroupTTL.
+	DroppedDeliveries int64
+}
+
+// GroupStats describes one consumer group, as its publisher sees it.
+// Deliveries a group received but has not finished count as Processing.
+type GroupStats struct {
+	Name     string
+	Events   []string
+	LastSeen time.Time
+	// Online is false when the group has not said hello for three
+	// HelloIntervals: its re-sends wait until it is back.
+	Online     bool
+	Deliveries StateCounts
 }
 
 // StateCounts counts rows by state. Inbox entries are never PENDING.
@@ -107,6 +125,26 @@ func (b *Bus[P, S]) Stats(ctx context.Context) (Stats, error) {
 		}
 		s.Handlers[i].add(c.State, c.N)
 		oldestIn = age(c.Oldest, oldestIn)
+	}
+	groups, err := st.GroupCounts(ctx, db, b.cfg.Name)
+	if err != nil {
+		return s, fmt.Errorf("durabus: stats: %w", err)
+	}
+	for _, g := range b.eng.Groups() {
+		gs := GroupStats{Name: g.Name, Events: g.Events, LastSeen: g.LastSeen, Online: g.Online}
+		for _, c := range groups {
+			if c.Group == g.Name {
+				state := c.State
+				if state == store.DeliveryReceived {
+					state = store.Processing
+				}
+				gs.Deliveries.add(state, c.N)
+			}
+		}
+		s.Groups = append(s.Groups, gs)
+	}
+	if s.DroppedDeliveries, err = st.Counter(ctx, db, b.cfg.Name, store.CounterDropped); err != nil {
+		return s, fmt.Errorf("durabus: stats: %w", err)
 	}
 	if oldestOut > 0 {
 		s.OldestOutbox = time.Duration(now-oldestOut) * time.Millisecond

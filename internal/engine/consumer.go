@@ -34,6 +34,12 @@ func (e *Engine) AddHandler(h Handler) error {
 	e.mu.Unlock()
 	if first {
 		e.subscribe(e.bg, e.eventChannel(h.EventName), e.receiver(h.EventName))
+		e.consuming.Do(func() {
+			e.subscribe(e.bg, e.groupChannel(e.cfg.Name), e.groupReceiver)
+			e.subscribe(e.bg, e.statusChannel(e.cfg.Name), e.receiveStatus)
+			e.goBG(e.helloLoop)
+		})
+		wake(e.helloWake)
 	}
 	e.workers.start()
 	// Entries stored for this handler may have been postponed while it was
@@ -83,11 +89,57 @@ func (e *Engine) receiver(eventName string) func(ctx context.Context, msg []byte
 	}
 }
 
+// groupReceiver takes the messages sent to this group alone: re-sends,
+// catch-up and replays, of any event the group handles.
+func (e *Engine) groupReceiver(ctx context.Context, msg []byte) error {
+	if len(msg) > e.cfg.MaxMessageBytes {
+		return e.storeBad(ctx, "", msg, fmt.Sprintf("message of %d bytes exceeds the limit of %d bytes", len(msg), e.cfg.MaxMessageBytes))
+	}
+	env, err := wire.Decode(msg)
+	if err != nil {
+		return e.storeBad(ctx, "", msg, err.Error())
+	}
+	if len(e.handlersFor(env.EventName)) == 0 {
+		// Not (yet) handled here: the publisher asks again later.
+		e.log.Debug("durabus: group message for an event without handler", "event", env.EventName)
+		return nil
+	}
+	return e.store(ctx, env, msg)
+}
+
+// claim reports whether this bus should store the event: with a Claimer,
+// replicas of one group race for it and one wins. An event the bus already
+// stored is always answered. A claim that fails to reach the broker counts as
+// won: a duplicate is better than a loss.
+func (e *Engine) claim(ctx context.Context, env *wire.Envelope) (bool, error) {
+	if e.claimer == nil || env.Replay {
+		return true, nil
+	}
+	key := e.cfg.ChannelPrefix + "durabus:claim:" + e.cfg.Name + ":" + env.EventID
+	won, err := e.claimer.Claim(ctx, key, e.cfg.ClaimTTL)
+	if err != nil {
+		e.log.Debug("durabus: claim failed; storing the event anyway", "id", env.EventID, "err", err)
+		return true, nil
+	}
+	if won {
+		return true, nil
+	}
+	_, _, mine, err := e.st.InboxEventStatus(ctx, e.cfg.DB, e.cfg.Name, env.EventID)
+	return mine, err
+}
+
 // store writes the inbox rows of one event and acknowledges it.
 func (e *Engine) store(ctx context.Context, env *wire.Envelope, msg []byte) error {
 	hs := e.handlersFor(env.EventName)
 	if len(hs) == 0 {
 		return nil // unsubscribed while the message was in flight; the publisher re-sends
+	}
+	if ok, err := e.claim(ctx, env); err != nil || !ok {
+		return err // another replica of this group has it
+	}
+	insert := e.st.InsertInbox
+	if env.Replay {
+		insert = e.st.ReplayInbox
 	}
 	now := e.nowMS()
 	rows := make([]store.InboxRow, len(hs))
@@ -98,7 +150,7 @@ func (e *Engine) store(ctx context.Context, env *wire.Envelope, msg []byte) erro
 	ack := store.Ack{EventID: env.EventID, Status: store.Received, Group: e.cfg.Name}
 	local := env.PublishedBy == e.cfg.Name
 	err := e.w.Do(ctx, func(ctx context.Context, q store.Querier) error {
-		added, err := e.st.InsertInbox(ctx, q, rows...)
+		added, err := insert(ctx, q, rows...)
 		if err != nil {
 			return err
 		}

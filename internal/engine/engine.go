@@ -10,7 +10,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"math"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -27,6 +26,12 @@ type PubSub interface {
 // BatchPublisher is the optional pipelined publish of a PubSub.
 type BatchPublisher interface {
 	PublishBatch(ctx context.Context, channels []string, msgs [][]byte) error
+}
+
+// Claimer is the optional PubSub capability replicas of one group use so
+// that one of them stores each event.
+type Claimer interface {
+	Claim(ctx context.Context, key string, ttl time.Duration) (bool, error)
 }
 
 // Handler runs one kind of event. Run decodes the envelope itself.
@@ -71,10 +76,15 @@ type Config struct {
 	Classify func(err error) (unrecoverable bool, after time.Duration)
 	OnDead   func(ctx context.Context, d Dead)
 	Now      func() time.Time
+	// Consumer groups.
+	HelloInterval time.Duration
+	GroupTTL      time.Duration
+	ClaimTTL      time.Duration
+	CatchUpRate   int // re-sends per second and group
 }
 
 // never is the due time of rows the relay no longer re-sends by itself.
-const never = math.MaxInt64
+const never = store.Never
 
 const (
 	relayBatch = 256
@@ -92,6 +102,10 @@ type Engine struct {
 
 	relayWake chan struct{}
 	workWake  chan struct{}
+	helloWake chan struct{}
+	groups    groups
+	claimer   Claimer
+	consuming sync.Once // the group's channels and hello loop start with the first handler
 	nudgedAt  atomic.Int64 // when PublishTx last asked the relay to look, in ms
 
 	mu       sync.Mutex
@@ -129,23 +143,28 @@ func Open(ctx context.Context, cfg Config) (*Engine, error) {
 		closed:    make(chan struct{}),
 		relayWake: make(chan struct{}, 1),
 		workWake:  make(chan struct{}, 1),
+		helloWake: make(chan struct{}, 1),
 		handlers:  map[string][]Handler{},
 		finished:  make(chan struct{}),
 	}
+	if err := e.loadGroups(ctx); err != nil {
+		e.w.stop()
+		return nil, err
+	}
+	e.claimer, _ = cfg.PubSub.(Claimer)
 	e.bg, e.stopBG = context.WithCancel(context.Background())
 	e.runCtx, e.stopRuns = context.WithCancel(context.Background())
 	e.acks = newAckSender(e)
 	e.workers = newWorkers(e)
 	if cfg.CanSubscribe && cfg.CanPublish {
 		e.subscribe(ctx, e.ackChannel(cfg.Name), e.receiveAcks)
+		e.subscribe(ctx, e.helloChannel(), e.receiveHello)
 	}
 	e.goBG(e.acks.loop)
 	if cfg.CanPublish {
 		e.goBG(e.relayLoop)
 	}
-	if cfg.Retention > 0 {
-		e.goBG(e.janitorLoop)
-	}
+	e.goBG(e.janitorLoop)
 	return e, nil
 }
 
@@ -257,6 +276,7 @@ func (e *Engine) Publish(ctx context.Context, rows ...store.OutboxRow) error {
 	if !e.cfg.CanPublish {
 		return errors.New("the PubSub cannot publish")
 	}
+	e.expect(rows)
 	err := e.Write(ctx, func(ctx context.Context, q store.Querier) error {
 		return e.st.InsertOutbox(ctx, q, rows...)
 	})
@@ -275,11 +295,20 @@ func (e *Engine) PublishTx(ctx context.Context, tx *sql.Tx, rows ...store.Outbox
 	if e.isClosed() {
 		return ErrClosed
 	}
+	e.expect(rows)
 	if err := e.st.InsertOutbox(ctx, tx, rows...); err != nil {
 		return err
 	}
 	e.nudgeRelay()
 	return nil
+}
+
+// expect names the groups each row's event must reach.
+func (e *Engine) expect(rows []store.OutboxRow) {
+	for i := range rows {
+		rows[i].Groups = e.expectedGroups(rows[i].EventName, rows[i].Now)
+		rows[i].GroupsDueAt = rows[i].Now + e.cfg.PendingDelay.Milliseconds()
+	}
 }
 
 // DB is the database the engine works on.

@@ -69,22 +69,64 @@ func (e *Engine) Delete(ctx context.Context, state string, before time.Time) (in
 	return total, nil
 }
 
-// janitorLoop deletes COMPLETED rows older than the retention, every
-// minute or a tenth of the retention, whichever is shorter.
+// janitorLoop deletes COMPLETED rows older than the retention and forgets
+// consumer groups silent for longer than GroupTTL, every minute (or a tenth
+// of the retention, when that is shorter).
 func (e *Engine) janitorLoop(ctx context.Context) {
-	every := min(time.Minute, e.cfg.Retention/10)
-	t := time.NewTicker(max(every, time.Second))
+	every := time.Minute
+	if e.cfg.Retention > 0 {
+		every = max(time.Second, min(every, e.cfg.Retention/10))
+	}
+	t := time.NewTicker(every)
 	defer t.Stop()
 	for {
-		if n, err := e.Delete(ctx, store.Completed, e.cfg.Now().Add(-e.cfg.Retention)); err != nil && ctx.Err() == nil {
-			e.log.Warn("durabus: delete old COMPLETED rows", "err", err)
-		} else if n > 0 {
-			e.log.Debug("durabus: deleted old COMPLETED rows", "rows", n)
+		if e.cfg.Retention > 0 {
+			if n, err := e.Delete(ctx, store.Completed, e.cfg.Now().Add(-e.cfg.Retention)); err != nil && ctx.Err() == nil {
+				e.log.Warn("durabus: delete old COMPLETED rows", "err", err)
+			} else if n > 0 {
+				e.log.Debug("durabus: deleted old COMPLETED rows", "rows", n)
+			}
 		}
+		e.forgetSilentGroups(ctx)
 		select {
 		case <-ctx.Done():
 			return
 		case <-t.C:
+		}
+	}
+}
+
+// Replay re-delivers this bus's stored events that match f to group (all
+// groups that consume each event when group is empty), marked as replays,
+// in batches, and returns how many events it scheduled.
+func (e *Engine) Replay(ctx context.Context, f store.ReplayFilter, group string) (int, error) {
+	total := 0
+	var after int64
+	groupsFor := func(event string) []string {
+		if group != "" {
+			return []string{group}
+		}
+		return e.expectedGroups(event, e.nowMS())
+	}
+	for {
+		if err := ctx.Err(); err != nil {
+			return total, err
+		}
+		var last int64
+		var seen, n int
+		err := e.Write(ctx, func(ctx context.Context, q store.Querier) error {
+			var err error
+			last, seen, n, err = e.st.Replay(ctx, q, e.cfg.Name, f, groupsFor, after, maintenanceBatch, e.nowMS())
+			return err
+		})
+		if err != nil {
+			return total, err
+		}
+		total += n
+		after = last
+		wake(e.relayWake)
+		if seen < maintenanceBatch {
+			return total, nil
 		}
 	}
 }

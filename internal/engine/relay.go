@@ -18,6 +18,11 @@ func (e *Engine) relayLoop(ctx context.Context) {
 	failures := 0
 	for ctx.Err() == nil {
 		n, err := e.relayOnce(ctx)
+		if err == nil {
+			var m int
+			m, err = e.relayDeliveries(ctx)
+			n = max(n, m)
+		}
 		switch {
 		case err != nil && ctx.Err() == nil:
 			failures++
@@ -27,7 +32,7 @@ func (e *Engine) relayLoop(ctx context.Context) {
 		case err == nil:
 			failures = 0
 		}
-		if n == relayBatch {
+		if n >= relayBatch {
 			continue // more may be due
 		}
 		e.sleep(ctx, e.relayWake, e.untilNextDue(ctx), true)
@@ -90,6 +95,14 @@ func (e *Engine) relayOnce(ctx context.Context) (int, error) {
 		}
 		claimed = len(rows)
 		for _, r := range rows {
+			if r.Tracked > 0 {
+				// Sent once to the event's channel; re-sends are per group.
+				if err := e.st.Sent(ctx, q, r.ID, r.Sends+1, never, now); err != nil {
+					return err
+				}
+				due = append(due, r)
+				continue
+			}
 			if r.State == store.Pending && r.Sends > e.cfg.MaxRetries {
 				reason := fmt.Sprintf("undelivered: no subscriber acknowledged it after %d sends", r.Sends)
 				if err := e.st.OutboxDead(ctx, q, r.ID, reason, "", now); err != nil {

@@ -37,6 +37,10 @@ type OutboxRow struct {
 	Message   []byte
 	DueAt     int64
 	Now       int64
+	// Groups are the consumer groups expected to handle the event; each gets
+	// a delivery row, first due (for a re-send) at GroupsDueAt.
+	Groups      []string
+	GroupsDueAt int64
 }
 
 // OutboxSend is a due outbox row handed to the relay.
@@ -46,6 +50,7 @@ type OutboxSend struct {
 	EventName string
 	State     string
 	Sends     int
+	Tracked   int
 	Message   []byte
 }
 
@@ -74,19 +79,19 @@ type InboxRun struct {
 }
 
 const (
-	qInsertOutbox = `INSERT INTO {p}outbox (event_id, event_name, publisher, state, message, due_at, created_at, updated_at)
-VALUES (?, ?, ?, 'PENDING', ?, ?, ?, ?)`
-	qDueOutbox = `SELECT id, event_id, event_name, state, sends, message FROM {p}outbox
+	qInsertOutbox = `INSERT INTO {p}outbox (event_id, event_name, publisher, state, message, due_at, tracked, created_at, updated_at)
+VALUES (?, ?, ?, 'PENDING', ?, ?, ?, ?, ?)`
+	qDueOutbox = `SELECT id, event_id, event_name, state, sends, tracked, message FROM {p}outbox
 WHERE publisher = ? AND state IN ('PENDING', 'PROCESSING') AND due_at <= ? ORDER BY due_at LIMIT ?`
 	qNextOutboxDue = `SELECT MIN(due_at) FROM {p}outbox WHERE publisher = ? AND state IN ('PENDING', 'PROCESSING')`
 	qSent          = `UPDATE {p}outbox SET sends = ?, due_at = ?, updated_at = ? WHERE id = ?`
 	qOutboxDead    = `UPDATE {p}outbox SET state = 'DEAD', last_error = ?, dead_by = ?, updated_at = ? WHERE id = ?`
 	qAckReceived   = `UPDATE {p}outbox SET state = 'PROCESSING', sends = 0, due_at = ?, updated_at = ?
-WHERE publisher = ? AND event_id = ? AND state = 'PENDING'`
+WHERE publisher = ? AND event_id = ? AND state = 'PENDING' AND tracked = 0`
 	qAckCompleted = `UPDATE {p}outbox SET state = 'COMPLETED', last_error = NULL, dead_by = NULL, updated_at = ?
-WHERE publisher = ? AND event_id = ? AND state <> 'COMPLETED'`
+WHERE publisher = ? AND event_id = ? AND state <> 'COMPLETED' AND tracked = 0`
 	qAckDead = `UPDATE {p}outbox SET state = 'DEAD', last_error = ?, dead_by = ?, updated_at = ?
-WHERE publisher = ? AND event_id = ? AND state IN ('PENDING', 'PROCESSING')`
+WHERE publisher = ? AND event_id = ? AND state IN ('PENDING', 'PROCESSING') AND tracked = 0`
 	qCompleteOutbox = `UPDATE {p}outbox SET state = 'COMPLETED', updated_at = ? WHERE id = ? AND state <> 'COMPLETED'`
 
 	qRecallOutgoing = `UPDATE {p}outbox SET sends = 0, due_at = ?, updated_at = ? WHERE id IN (
@@ -102,6 +107,10 @@ SELECT id FROM {p}inbox WHERE consumer = ? AND state = ? AND updated_at < ? LIMI
 
 	qInsertInbox = `INSERT INTO {p}inbox (consumer, event_id, handler, event_name, publisher, state, message, due_at, last_error, created_at, updated_at)
 VALUES (?, ?, ?, ?, ?, ?, ?, ?, NULLIF(?, ''), ?, ?) ON CONFLICT (consumer, event_id, handler) DO NOTHING`
+	qReplayInbox = `INSERT INTO {p}inbox (consumer, event_id, handler, event_name, publisher, state, message, due_at, last_error, created_at, updated_at)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, NULLIF(?, ''), ?, ?) ON CONFLICT (consumer, event_id, handler) DO UPDATE SET
+state = 'PROCESSING', attempts = 0, due_at = excluded.due_at, message = excluded.message, last_error = NULL, updated_at = excluded.updated_at
+WHERE state <> 'PROCESSING'`
 	qInboxEventStates = `SELECT state, COALESCE(last_error, '') FROM {p}inbox WHERE consumer = ? AND event_id = ?`
 	qClaimInbox       = `UPDATE {p}inbox SET attempts = attempts + 1, due_at = ?, updated_at = ? WHERE id IN (
 SELECT id FROM {p}inbox WHERE consumer = ? AND state = 'PROCESSING' AND due_at <= ? ORDER BY due_at LIMIT ?)
@@ -122,17 +131,33 @@ FROM {p}inbox WHERE consumer = ? GROUP BY event_name, handler, state`
 )
 
 var allQueries = []string{
+	qInsertDelivery, qTrackedID, qDeliveryReceived, qDeliveryCompleted, qDeliveryDead, qDeliveryCounts, qSetOutboxState,
+	qDueDeliveries, qDeliverySent, qDeliveryUndelivered, qUpsertGroup, qLoadGroups, qForgetGroup, qDropDeliveries,
+	qAddCounter, qCounter, qRecallDeliveries, qRecallDeadDeliveries, qReplayDeliveries, qReplayRows, qReplayMark, qGroupCounts,
 	qInsertOutbox, qDueOutbox, qNextOutboxDue, qSent, qOutboxDead, qAckReceived, qAckCompleted, qAckDead,
 	qCompleteOutbox, qRecallOutgoing, qRecallDeadOutbox, qRecallDeadInbox, qDeleteOutbox, qDeleteInbox,
-	qInsertInbox, qInboxEventStates, qClaimInbox, qNextInboxDue, qInboxComplete, qInboxRetry, qInboxDead, qInboxPostpone, qInboxWake,
+	qInsertInbox, qReplayInbox, qInboxEventStates, qClaimInbox, qNextInboxDue, qInboxComplete, qInboxRetry, qInboxDead, qInboxPostpone, qInboxWake,
 	qOutboxCounts, qInboxCounts,
 }
 
 // InsertOutbox inserts PENDING rows.
 func (s *Store) InsertOutbox(ctx context.Context, q Querier, rows ...OutboxRow) error {
 	for _, r := range rows {
-		if _, err := q.ExecContext(ctx, s.q(qInsertOutbox), r.EventID, r.EventName, r.Publisher, r.Message, r.DueAt, r.Now, r.Now); err != nil {
+		res, err := q.ExecContext(ctx, s.q(qInsertOutbox), r.EventID, r.EventName, r.Publisher, r.Message, r.DueAt, len(r.Groups), r.Now, r.Now)
+		if err != nil {
 			return fmt.Errorf("insert outbox row: %w", Classify(err))
+		}
+		if len(r.Groups) == 0 {
+			continue
+		}
+		id, err := res.LastInsertId()
+		if err != nil {
+			return err
+		}
+		for _, g := range r.Groups {
+			if _, err := q.ExecContext(ctx, s.q(qInsertDelivery), id, g, r.GroupsDueAt, r.Now); err != nil {
+				return fmt.Errorf("insert delivery row: %w", Classify(err))
+			}
 		}
 	}
 	return nil
@@ -148,7 +173,7 @@ func (s *Store) DueOutbox(ctx context.Context, q Querier, publisher string, now 
 	var out []OutboxSend
 	for rows.Next() {
 		var r OutboxSend
-		if err := rows.Scan(&r.ID, &r.EventID, &r.EventName, &r.State, &r.Sends, &r.Message); err != nil {
+		if err := rows.Scan(&r.ID, &r.EventID, &r.EventName, &r.State, &r.Sends, &r.Tracked, &r.Message); err != nil {
 			return nil, err
 		}
 		out = append(out, r)
@@ -224,16 +249,27 @@ func (s *Store) ApplyAck(ctx context.Context, q Querier, publisher string, a Ack
 	if err != nil {
 		return false, Classify(err)
 	}
-	n, _ := res.RowsAffected()
-	return n > 0, nil
+	if n, _ := res.RowsAffected(); n > 0 {
+		return true, nil
+	}
+	return s.applyGroupAck(ctx, q, publisher, a, nextDue, now)
 }
 
 // InsertInbox inserts rows unless the (consumer, event, handler) row exists.
 // It reports how many rows were new.
 func (s *Store) InsertInbox(ctx context.Context, q Querier, rows ...InboxRow) (int, error) {
+	return s.insertInbox(ctx, q, qInsertInbox, rows)
+}
+
+// ReplayInbox inserts rows, or makes finished ones run again: a replay.
+func (s *Store) ReplayInbox(ctx context.Context, q Querier, rows ...InboxRow) (int, error) {
+	return s.insertInbox(ctx, q, qReplayInbox, rows)
+}
+
+func (s *Store) insertInbox(ctx context.Context, q Querier, query string, rows []InboxRow) (int, error) {
 	added := 0
 	for _, r := range rows {
-		res, err := q.ExecContext(ctx, s.q(qInsertInbox), r.Consumer, r.EventID, r.Handler, r.EventName, r.Publisher, r.State,
+		res, err := q.ExecContext(ctx, s.q(query), r.Consumer, r.EventID, r.Handler, r.EventName, r.Publisher, r.State,
 			r.Message, r.Now, r.LastError, r.Now, r.Now)
 		if err != nil {
 			return added, fmt.Errorf("insert inbox row: %w", Classify(err))
@@ -352,16 +388,26 @@ func (s *Store) Recall(ctx context.Context, q Querier, kind int, name string, af
 	if err != nil {
 		return 0, 0, Classify(err)
 	}
-	defer rows.Close()
+	var ids []int64
 	for rows.Next() {
 		var id int64
 		if err := rows.Scan(&id); err != nil {
+			rows.Close()
 			return 0, 0, err
 		}
 		last = max(last, id)
-		n++
+		ids = append(ids, id)
 	}
-	return last, n, rows.Err()
+	rows.Close()
+	if err := rows.Err(); err != nil {
+		return 0, 0, err
+	}
+	if kind != RecallDeadInbox && len(ids) > 0 {
+		if err := s.recallDeliveries(ctx, q, kind, ids, now); err != nil {
+			return 0, 0, err
+		}
+	}
+	return last, len(ids), nil
 }
 
 // Delete removes up to limit rows in state that were last updated before

@@ -141,3 +141,82 @@ func DecodeAcks(msg []byte) (*AckBatch, error) {
 	}
 	return &b, nil
 }
+
+// Hello announces which events a consumer group handles. Consumers send it
+// when they subscribe and every hello interval.
+type Hello struct {
+	Version int      `json:"v"`
+	Type    string   `json:"type"`
+	Group   string   `json:"group"`
+	Events  []string `json:"events"`
+}
+
+// EncodeHello returns the JSON of a hello from group.
+func EncodeHello(group string, events []string) ([]byte, error) {
+	return json.Marshal(Hello{Version: ControlVersion, Type: "hello", Group: group, Events: events})
+}
+
+// DecodeHello parses and checks a hello.
+func DecodeHello(msg []byte) (*Hello, error) {
+	var h Hello
+	if err := json.Unmarshal(msg, &h); err != nil {
+		return nil, fmt.Errorf("malformed hello: %w", err)
+	}
+	if h.Version != ControlVersion || h.Type != "hello" {
+		return nil, fmt.Errorf("unsupported control message v=%d type=%q", h.Version, h.Type)
+	}
+	if err := CheckName("group", h.Group); err != nil {
+		return nil, fmt.Errorf("malformed hello: %w", err)
+	}
+	for _, e := range h.Events {
+		if err := CheckName("event", e); err != nil {
+			return nil, fmt.Errorf("malformed hello: %w", err)
+		}
+	}
+	return &h, nil
+}
+
+// StatusQuery asks a group what became of events it acknowledged receiving;
+// the group answers with acks. Only a group member that stored an event
+// answers for it.
+type StatusQuery struct {
+	Version   int      `json:"v"`
+	Type      string   `json:"type"`
+	Publisher string   `json:"publisher"`
+	IDs       []string `json:"ids"`
+}
+
+// EncodeStatusQuery returns the JSON of a status query from publisher.
+func EncodeStatusQuery(publisher string, ids []string) ([]byte, error) {
+	return json.Marshal(StatusQuery{Version: ControlVersion, Type: "status", Publisher: publisher, IDs: ids})
+}
+
+// DecodeStatusQuery parses and checks a status query.
+func DecodeStatusQuery(msg []byte) (*StatusQuery, error) {
+	var s StatusQuery
+	if err := json.Unmarshal(msg, &s); err != nil {
+		return nil, fmt.Errorf("malformed status query: %w", err)
+	}
+	if s.Version != ControlVersion || s.Type != "status" {
+		return nil, fmt.Errorf("unsupported control message v=%d type=%q", s.Version, s.Type)
+	}
+	if err := CheckName("publisher", s.Publisher); err != nil {
+		return nil, fmt.Errorf("malformed status query: %w", err)
+	}
+	for _, id := range s.IDs {
+		if err := CheckName("id", id); err != nil {
+			return nil, fmt.Errorf("malformed status query: %w", err)
+		}
+	}
+	return &s, nil
+}
+
+// WithReplay returns msg with the replay flag set.
+func WithReplay(msg []byte) ([]byte, error) {
+	env, err := Decode(msg)
+	if err != nil {
+		return nil, err
+	}
+	env.Replay = true
+	return Encode(env)
+}
