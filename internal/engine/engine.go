@@ -105,7 +105,7 @@ type Engine struct {
 	helloWake chan struct{}
 	groups    groups
 	claimer   Claimer
-	consuming sync.Once // the group's channels and hello loop start with the first handler
+	consuming sync.Once    // the group's channels and hello loop start with the first handler
 	nudgedAt  atomic.Int64 // when PublishTx last asked the relay to look, in ms
 
 	mu       sync.Mutex

@@ -38,9 +38,13 @@ type groups struct {
 // persistEvery bounds how often a hello from a known group is written down.
 const persistEvery = time.Minute
 
-func (e *Engine) helloChannel() string           { return e.cfg.ChannelPrefix + "durabus:hello" }
-func (e *Engine) groupChannel(group string) string  { return e.cfg.ChannelPrefix + "durabus:group:" + group }
-func (e *Engine) statusChannel(group string) string { return e.cfg.ChannelPrefix + "durabus:status:" + group }
+func (e *Engine) helloChannel() string { return e.cfg.ChannelPrefix + "durabus:hello" }
+func (e *Engine) groupChannel(group string) string {
+	return e.cfg.ChannelPrefix + "durabus:group:" + group
+}
+func (e *Engine) statusChannel(group string) string {
+	return e.cfg.ChannelPrefix + "durabus:status:" + group
+}
 
 // loadGroups fills the registry from the groups table.
 func (e *Engine) loadGroups(ctx context.Context) error {
