@@ -71,12 +71,13 @@ func (e *Engine) Delete(ctx context.Context, state string, before time.Time) (in
 
 // janitorLoop deletes COMPLETED rows older than the retention and forgets
 // consumer groups silent for longer than GroupTTL, every minute (or a tenth
-// of the retention, when that is shorter).
+// of the retention or of GroupTTL, when that is shorter).
 func (e *Engine) janitorLoop(ctx context.Context) {
-	every := time.Minute
+	every := min(time.Minute, e.cfg.GroupTTL/10)
 	if e.cfg.Retention > 0 {
-		every = max(time.Second, min(every, e.cfg.Retention/10))
+		every = min(every, e.cfg.Retention/10)
 	}
+	every = max(every, 100*time.Millisecond)
 	t := time.NewTicker(every)
 	defer t.Stop()
 	for {
