@@ -58,6 +58,15 @@
 // re-sends unfinished outbox rows, RecallDead gives DEAD rows another run,
 // and PerishDead deletes old DEAD rows. Stats counts rows by state.
 //
+// # Consumer groups and replay
+//
+// A bus's Name is its consumer group. Consumers announce their group and
+// events (hello); publishers track each event per group and re-send to a
+// group that was offline when it comes back, on the group's own channel.
+// Replicas of one group share events through a Claimer (redispubsub has
+// one). Replay re-delivers stored events, even completed ones, so that a
+// group's handlers run again.
+//
 // # Closing
 //
 // Close stops intake, lets running handlers finish until its context ends,
