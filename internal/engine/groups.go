@@ -98,6 +98,16 @@ func (e *Engine) onlineGroups(now int64) []string {
 	return out
 }
 
+// lastSeen is when group last said hello, in ms.
+func (e *Engine) lastSeen(group string) int64 {
+	e.groups.mu.Lock()
+	defer e.groups.mu.Unlock()
+	if g := e.groups.m[group]; g != nil {
+		return g.lastSeen
+	}
+	return 0
+}
+
 // pace delays the next re-sends to group after n were sent.
 func (e *Engine) pace(group string, n int, now int64) {
 	e.groups.mu.Lock()
@@ -239,16 +249,24 @@ func (e *Engine) relayGroup(ctx context.Context, group string, now int64) (int, 
 			return err
 		}
 		handled = len(due)
+		heard := e.lastSeen(group)
 		for _, d := range due {
-			sends := d.Sends + 1
+			// A re-send spends budget only if the group said hello since the
+			// previous one: a group that fell silent is not yet known to be
+			// offline, and must not lose its events meanwhile.
+			spent := 0
+			if heard >= d.UpdatedAt {
+				spent = 1
+			}
+			sends := d.Sends + spent
 			switch {
-			case d.State == store.DeliveryPending && d.Sends >= e.cfg.MaxRetries:
+			case d.State == store.DeliveryPending && spent == 1 && d.Sends >= e.cfg.MaxRetries:
 				reason := fmt.Sprintf("undelivered: group %q did not acknowledge it after %d sends", group, d.Sends+1)
 				if err := e.st.DeliveryUndelivered(ctx, q, d.OutboxID, group, reason, now); err != nil {
 					return err
 				}
 				continue
-			case d.State == store.DeliveryReceived && d.Sends >= e.cfg.MaxRetries:
+			case d.State == store.DeliveryReceived && spent == 1 && d.Sends >= e.cfg.MaxRetries:
 				if err := e.st.DeliverySent(ctx, q, d.OutboxID, group, d.Sends, store.Never, now); err != nil {
 					return err
 				}

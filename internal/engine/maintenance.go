@@ -2,6 +2,7 @@ package engine
 
 import (
 	"context"
+	"slices"
 	"time"
 
 	"github.com/durabus/durabus/internal/store"
@@ -104,10 +105,14 @@ func (e *Engine) Replay(ctx context.Context, f store.ReplayFilter, group string)
 	total := 0
 	var after int64
 	groupsFor := func(event string) []string {
-		if group != "" {
+		groups := e.expectedGroups(event, e.nowMS())
+		switch {
+		case group == "":
+			return groups
+		case slices.Contains(groups, group):
 			return []string{group}
 		}
-		return e.expectedGroups(event, e.nowMS())
+		return nil // group does not consume event
 	}
 	for {
 		if err := ctx.Err(); err != nil {

@@ -15,6 +15,10 @@ import (
 // fixed pool of Concurrency goroutines.
 type workers struct {
 	e         *Engine
+	mu        sync.Mutex
+	running   map[int64]struct{} // inbox ids whose handler runs now
+	renewStop chan struct{}
+	renewDone chan struct{}
 	jobs      chan store.InboxRun
 	freed     chan struct{}
 	quit      chan struct{}
@@ -22,17 +26,16 @@ type workers struct {
 	wg        sync.WaitGroup
 	startOnce sync.Once
 	stopOnce  sync.Once
-	started   atomic.Bool
 }
 
 func newWorkers(e *Engine) *workers {
-	return &workers{e: e, jobs: make(chan store.InboxRun), freed: make(chan struct{}, 1), quit: make(chan struct{})}
+	return &workers{e: e, jobs: make(chan store.InboxRun), freed: make(chan struct{}, 1), quit: make(chan struct{}),
+		running: map[int64]struct{}{}, renewStop: make(chan struct{}), renewDone: make(chan struct{})}
 }
 
 // start launches the pool; called when the first handler is added.
 func (w *workers) start() {
 	w.startOnce.Do(func() {
-		w.started.Store(true)
 		n := w.e.cfg.Concurrency
 		w.idle.Store(int64(n))
 		w.wg.Add(n)
@@ -45,16 +48,57 @@ func (w *workers) start() {
 			w.dispatch()
 			close(w.jobs) // the workers finish what they hold, then exit
 		}()
+		go w.renewLoop()
 	})
+}
+
+// A claimed entry is leased for leaseTime and the lease is renewed while
+// its handler runs, so that the entry of a process that crashed runs again
+// soon, however long handlers take.
+const (
+	leaseTime  = 15 * time.Second
+	renewEvery = leaseTime / 3
+)
+
+// renewLoop extends the leases of running entries until the workers stopped.
+func (w *workers) renewLoop() {
+	defer close(w.renewDone)
+	t := time.NewTicker(renewEvery)
+	defer t.Stop()
+	for {
+		select {
+		case <-w.renewStop:
+			return
+		case <-t.C:
+		}
+		w.mu.Lock()
+		ids := make([]int64, 0, len(w.running))
+		for id := range w.running {
+			ids = append(ids, id)
+		}
+		w.mu.Unlock()
+		if len(ids) == 0 {
+			continue
+		}
+		until := w.e.nowMS() + leaseTime.Milliseconds()
+		err := w.e.w.Do(context.Background(), func(ctx context.Context, q store.Querier) error {
+			return w.e.st.InboxRenew(ctx, q, ids, until)
+		})
+		if err != nil {
+			w.e.log.Warn("durabus: renew handler leases", "err", err)
+		}
+	}
 }
 
 // stop stops claiming, waits for running handlers and their results.
 func (w *workers) stop() {
 	w.stopOnce.Do(func() {
 		close(w.quit)
-		w.startOnce.Do(func() {}) // no start after stop
+		w.startOnce.Do(func() { close(w.renewDone) }) // never started: nothing to renew
+		w.wg.Wait()
+		close(w.renewStop) // handlers are done: their leases need no renewal
 	})
-	w.wg.Wait()
+	<-w.renewDone
 }
 
 func (w *workers) dispatch() {
@@ -98,7 +142,7 @@ func (w *workers) dispatch() {
 func (w *workers) claim(n int) ([]store.InboxRun, error) {
 	e := w.e
 	now := e.nowMS()
-	lease := now + (e.cfg.HandlerTimeout + 30*time.Second).Milliseconds()
+	lease := now + leaseTime.Milliseconds()
 	var runs []store.InboxRun
 	err := e.w.Do(context.Background(), func(ctx context.Context, q store.Querier) error {
 		var err error
@@ -134,7 +178,13 @@ func (w *workers) wait(d time.Duration) {
 func (w *workers) work() {
 	defer w.wg.Done()
 	for r := range w.jobs {
+		w.mu.Lock()
+		w.running[r.ID] = struct{}{}
+		w.mu.Unlock()
 		w.e.run(r)
+		w.mu.Lock()
+		delete(w.running, r.ID)
+		w.mu.Unlock()
 		w.idle.Add(1)
 		wake(w.freed)
 	}

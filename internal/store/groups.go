@@ -33,7 +33,7 @@ WHERE outbox_id = ? AND group_name = ? AND state IN ('PENDING', 'RECEIVED')`
 	qDeliveryCounts = `SELECT state, COUNT(*), MAX(CASE WHEN state = 'DEAD' THEN COALESCE(last_error, '') END),
 MAX(CASE WHEN state = 'DEAD' AND undelivered = 0 THEN group_name END) FROM {p}deliveries WHERE outbox_id = ? GROUP BY state`
 	qSetOutboxState = `UPDATE {p}outbox SET state = ?, last_error = ?, dead_by = ?, updated_at = ? WHERE id = ? AND state <> ?`
-	qDueDeliveries  = `SELECT d.outbox_id, o.event_id, o.event_name, d.state, d.sends, d.replay, o.message
+	qDueDeliveries  = `SELECT d.outbox_id, o.event_id, o.event_name, d.state, d.sends, d.replay, d.updated_at, o.message
 FROM {p}deliveries d JOIN {p}outbox o ON o.id = d.outbox_id
 WHERE d.group_name = ? AND d.state IN ('PENDING', 'RECEIVED') AND d.due_at <= ? AND o.publisher = ?
 ORDER BY d.due_at, d.outbox_id LIMIT ?`
@@ -130,7 +130,8 @@ func (s *Store) Aggregate(ctx context.Context, q Querier, id, now int64) error {
 	case counts[DeliveryReceived]+counts[DeliveryCompleted]+counts[DeliveryDead] > 0:
 		state = Processing
 	case len(counts) == 0:
-		return nil // no delivery left (groups forgotten): leave the row as it is
+		// Every expected group was forgotten before it took the event.
+		state, le = Dead, "undelivered: every group expected to handle it was forgotten (GroupTTL)"
 	}
 	_, err = q.ExecContext(ctx, s.q(qSetOutboxState), state, le, db, now, id, state)
 	return Classify(err)
@@ -144,6 +145,7 @@ type DeliverySend struct {
 	State     string
 	Sends     int
 	Replay    bool
+	UpdatedAt int64 // the last send, ack or recall
 	Message   []byte
 }
 
@@ -157,7 +159,7 @@ func (s *Store) DueDeliveries(ctx context.Context, q Querier, publisher, group s
 	var out []DeliverySend
 	for rows.Next() {
 		var d DeliverySend
-		if err := rows.Scan(&d.OutboxID, &d.EventID, &d.EventName, &d.State, &d.Sends, &d.Replay, &d.Message); err != nil {
+		if err := rows.Scan(&d.OutboxID, &d.EventID, &d.EventName, &d.State, &d.Sends, &d.Replay, &d.UpdatedAt, &d.Message); err != nil {
 			return nil, err
 		}
 		out = append(out, d)

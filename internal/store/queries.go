@@ -3,6 +3,7 @@ package store
 import (
 	"context"
 	"database/sql"
+	"encoding/json"
 	"fmt"
 	"strings"
 )
@@ -119,6 +120,7 @@ RETURNING id, event_id, handler, event_name, publisher, message, attempts`
 	qInboxComplete = `UPDATE {p}inbox SET state = 'COMPLETED', last_error = NULL, updated_at = ? WHERE id = ? AND state = 'PROCESSING'`
 	qInboxRetry    = `UPDATE {p}inbox SET due_at = ?, last_error = ?, updated_at = ? WHERE id = ? AND state = 'PROCESSING'`
 	qInboxDead     = `UPDATE {p}inbox SET state = 'DEAD', last_error = ?, updated_at = ? WHERE id = ? AND state = 'PROCESSING'`
+	qInboxRenew    = `UPDATE {p}inbox SET due_at = ? WHERE state = 'PROCESSING' AND id IN (SELECT value FROM json_each(?))`
 	qInboxWake     = `UPDATE {p}inbox SET due_at = ?, updated_at = ?
 WHERE consumer = ? AND state = 'PROCESSING' AND event_name = ? AND handler = ? AND last_error = ?`
 	qInboxPostpone = `UPDATE {p}inbox SET attempts = MAX(attempts - ?, 0), due_at = ?, last_error = COALESCE(?, last_error), updated_at = ?
@@ -136,7 +138,7 @@ var allQueries = []string{
 	qAddCounter, qCounter, qRecallDeliveries, qRecallDeadDeliveries, qReplayDeliveries, qReplayRows, qReplayMark, qGroupCounts,
 	qInsertOutbox, qDueOutbox, qNextOutboxDue, qSent, qOutboxDead, qAckReceived, qAckCompleted, qAckDead,
 	qCompleteOutbox, qRecallOutgoing, qRecallDeadOutbox, qRecallDeadInbox, qDeleteOutbox, qDeleteInbox,
-	qInsertInbox, qReplayInbox, qInboxEventStates, qClaimInbox, qNextInboxDue, qInboxComplete, qInboxRetry, qInboxDead, qInboxPostpone, qInboxWake,
+	qInsertInbox, qReplayInbox, qInboxEventStates, qClaimInbox, qNextInboxDue, qInboxComplete, qInboxRetry, qInboxDead, qInboxPostpone, qInboxWake, qInboxRenew,
 	qOutboxCounts, qInboxCounts,
 }
 
@@ -363,6 +365,16 @@ func (s *Store) InboxPostpone(ctx context.Context, q Querier, id int64, uncount 
 		n = 1
 	}
 	_, err := q.ExecContext(ctx, s.q(qInboxPostpone), n, dueAt, nullString(reason), now, id)
+	return Classify(err)
+}
+
+// InboxRenew extends the lease of running entries until until.
+func (s *Store) InboxRenew(ctx context.Context, q Querier, ids []int64, until int64) error {
+	list, err := json.Marshal(ids)
+	if err != nil {
+		return err
+	}
+	_, err = q.ExecContext(ctx, s.q(qInboxRenew), until, string(list))
 	return Classify(err)
 }
 
