@@ -23,6 +23,7 @@ const (
 const (
 	qInsertDelivery = `INSERT INTO {p}deliveries (outbox_id, group_name, state, due_at, updated_at) VALUES (?, ?, 'PENDING', ?, ?)
 ON CONFLICT (outbox_id, group_name) DO NOTHING`
+	qTracked          = `SELECT tracked FROM {p}outbox WHERE id = ?`
 	qTrackedID        = `SELECT id FROM {p}outbox WHERE publisher = ? AND event_id = ? AND tracked > 0`
 	qDeliveryReceived = `UPDATE {p}deliveries SET state = 'RECEIVED', sends = 0, due_at = ?, updated_at = ?
 WHERE outbox_id = ? AND group_name = ? AND state = 'PENDING'`
@@ -130,6 +131,10 @@ func (s *Store) Aggregate(ctx context.Context, q Querier, id, now int64) error {
 	case counts[DeliveryReceived]+counts[DeliveryCompleted]+counts[DeliveryDead] > 0:
 		state = Processing
 	case len(counts) == 0:
+		var tracked int
+		if err := q.QueryRowContext(ctx, s.q(qTracked), id).Scan(&tracked); err != nil || tracked == 0 {
+			return Classify(err) // a row without groups: its acks decide
+		}
 		// Every expected group was forgotten before it took the event.
 		state, le = Dead, "undelivered: every group expected to handle it was forgotten (GroupTTL)"
 	}

@@ -133,7 +133,7 @@ FROM {p}inbox WHERE consumer = ? GROUP BY event_name, handler, state`
 )
 
 var allQueries = []string{
-	qInsertDelivery, qTrackedID, qDeliveryReceived, qDeliveryCompleted, qDeliveryDead, qDeliveryCounts, qSetOutboxState,
+	qInsertDelivery, qTracked, qTrackedID, qDeliveryReceived, qDeliveryCompleted, qDeliveryDead, qDeliveryCounts, qSetOutboxState,
 	qDueDeliveries, qDeliverySent, qDeliveryUndelivered, qUpsertGroup, qLoadGroups, qForgetGroup, qDropDeliveries,
 	qAddCounter, qCounter, qRecallDeliveries, qRecallDeadDeliveries, qReplayDeliveries, qReplayRows, qReplayMark, qGroupCounts,
 	qInsertOutbox, qDueOutbox, qNextOutboxDue, qSent, qOutboxDead, qAckReceived, qAckCompleted, qAckDead,
