@@ -115,7 +115,9 @@ type Config struct {
 	// Defaults to 7 days.
 	GroupTTL time.Duration
 	// ClaimTTL is how long a replica's claim on an event holds, when the
-	// PubSub is a Claimer. Defaults to 3 × PendingDelay.
+	// PubSub is a Claimer. A re-send that arrives later may be handled by
+	// another replica too; a longer TTL costs Redis memory (one key per
+	// event). Defaults to 3 × PendingDelay, at least 1 min.
 	ClaimTTL time.Duration
 	// CatchUpRate bounds re-sends to one group, per second, so that a group
 	// coming back online catches up without starving new events.
@@ -182,7 +184,7 @@ func (cfg Config) withDefaults() (Config, error) {
 	}
 	switch {
 	case cfg.ClaimTTL == 0:
-		cfg.ClaimTTL = 3 * cfg.PendingDelay
+		cfg.ClaimTTL = max(3*cfg.PendingDelay, time.Minute)
 	case cfg.ClaimTTL < 0:
 		bad("ClaimTTL is negative (%v)", cfg.ClaimTTL)
 	}

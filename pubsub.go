@@ -34,11 +34,13 @@ type BatchPublisher interface {
 // and only the winner stores and handles it; if the winner dies before
 // storing it, the claim expires after Config.ClaimTTL and the publisher's
 // re-send reaches another replica. Without a Claimer every replica stores
-// and handles every event (at least once, with duplicates). redispubsub
-// implements it with SET NX PX.
+// and handles every event (at least once, with duplicates). A bus claims
+// under the id of its SQLite file, so a restarted replica still holds its
+// claims. redispubsub implements it with SET NX PX.
 type Claimer interface {
-	// Claim takes key for ttl and reports whether this caller got it.
-	Claim(ctx context.Context, key string, ttl time.Duration) (bool, error)
+	// Claim takes key for owner, for ttl, and reports whether owner holds
+	// it: it took it now, or held it already.
+	Claim(ctx context.Context, key, owner string, ttl time.Duration) (bool, error)
 }
 
 // Publisher is the publishing half of a PubSub.

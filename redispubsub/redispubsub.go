@@ -152,17 +152,25 @@ func (p *PubSub) PublishBatch(ctx context.Context, channels []string, msgs [][]b
 	return err
 }
 
-// Claim sets key with SET key 1 NX and a time to live of ttl. It reports
-// whether this call set it: true means the caller holds the claim until ttl
-// passes; false means somebody else holds it.
-func (p *PubSub) Claim(ctx context.Context, key string, ttl time.Duration) (bool, error) {
+// Claim takes key for owner with SET key owner NX PX ttl. It reports whether
+// owner holds the claim: it set it now, or had set it before and it has not
+// expired; false means somebody else holds it.
+func (p *PubSub) Claim(ctx context.Context, key, owner string, ttl time.Duration) (bool, error) {
 	if ttl < time.Millisecond {
 		return false, fmt.Errorf("redispubsub: claim %q: ttl %v is below 1ms", key, ttl)
 	}
 	if p.ctx.Err() != nil {
 		return false, ErrClosed
 	}
-	return p.client.SetNX(ctx, key, 1, ttl).Result()
+	took, err := p.client.SetNX(ctx, key, owner, ttl).Result()
+	if err != nil || took {
+		return took, err
+	}
+	holder, err := p.client.Get(ctx, key).Result()
+	if errors.Is(err, redis.Nil) {
+		return false, nil // expired in between: someone else may take it now
+	}
+	return holder == owner, err
 }
 
 // Close ends every subscription, waiting for the running fn calls to return,

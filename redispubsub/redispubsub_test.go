@@ -151,7 +151,7 @@ func TestClosedErrors(t *testing.T) {
 	if _, err := p.Subscribe(ctx, "c", func(context.Context, []byte) error { return nil }); !errors.Is(err, ErrClosed) {
 		t.Errorf("Subscribe: got %v, want ErrClosed", err)
 	}
-	if _, err := p.Claim(ctx, "k", time.Second); !errors.Is(err, ErrClosed) {
+	if _, err := p.Claim(ctx, "k", "me", time.Second); !errors.Is(err, ErrClosed) {
 		t.Errorf("Claim: got %v, want ErrClosed", err)
 	}
 }
@@ -165,29 +165,35 @@ func TestPublishBatchLengthMismatch(t *testing.T) {
 
 func TestClaimMiniredis(t *testing.T) {
 	p, mr, _ := newMiniredis(t)
-	claim := func() bool {
+	claim := func(owner string) bool {
 		t.Helper()
-		ok, err := p.Claim(t.Context(), "lease", 10*time.Second)
+		ok, err := p.Claim(t.Context(), "lease", owner, 10*time.Second)
 		if err != nil {
 			t.Fatal(err)
 		}
 		return ok
 	}
-	if !claim() {
+	if !claim("a") {
 		t.Fatal("first claim failed")
 	}
-	if claim() {
-		t.Fatal("second claim succeeded while the first holds")
+	if claim("b") {
+		t.Fatal("another owner's claim succeeded while the first holds")
+	}
+	if !claim("a") {
+		t.Fatal("the holder's claim failed")
 	}
 	mr.FastForward(9 * time.Second)
-	if claim() {
+	if claim("b") {
 		t.Fatal("claim succeeded before the ttl passed")
 	}
 	mr.FastForward(time.Second)
-	if !claim() {
+	if !claim("b") {
 		t.Fatal("claim failed after the ttl passed")
 	}
-	if _, err := p.Claim(t.Context(), "lease", 0); err == nil {
+	if claim("a") {
+		t.Fatal("the former holder's claim succeeded after another took it")
+	}
+	if _, err := p.Claim(t.Context(), "lease", "a", 0); err == nil {
 		t.Fatal("Claim accepted a zero ttl")
 	}
 }
@@ -200,15 +206,16 @@ func TestClaimRedis(t *testing.T) {
 	defer p.Close()
 	key := fmt.Sprintf("durabus.redispubsub.claim.%016x", rand.Uint64())
 	const ttl = 100 * time.Millisecond
-	claim := func() bool {
+	claimAs := func(owner string) bool {
 		t.Helper()
-		ok, err := p.Claim(t.Context(), key, ttl)
+		ok, err := p.Claim(t.Context(), key, owner, ttl)
 		if err != nil {
 			t.Fatal(err)
 		}
 		return ok
 	}
-	if !claim() {
+	claim := func() bool { return claimAs("b") }
+	if !claimAs("a") {
 		t.Fatal("first claim failed")
 	}
 	start := time.Now()

@@ -36,7 +36,7 @@ var wireStatus = map[string]string{store.Received: wire.AckReceived, store.Compl
 // add queues an ack for publisher.
 func (s *ackSender) add(publisher string, a store.Ack) {
 	s.mu.Lock()
-	s.pending[publisher] = append(s.pending[publisher], wire.Ack{EventID: a.EventID, Status: wireStatus[a.Status], Error: a.Error})
+	s.pending[publisher] = append(s.pending[publisher], wire.Ack{EventID: a.EventID, Status: wireStatus[a.Status], Error: a.Error, Replay: a.Replay})
 	s.mu.Unlock()
 	wake(s.kick)
 }
@@ -98,7 +98,7 @@ func (e *Engine) receiveAcks(ctx context.Context, msg []byte) error {
 	next := now + e.cfg.PendingDelay.Milliseconds()
 	return e.w.Do(ctx, func(ctx context.Context, q store.Querier) error {
 		for _, a := range b.Acks {
-			ack := store.Ack{EventID: a.EventID, Status: storeStatus[a.Status], Group: b.Group, Error: a.Error}
+			ack := store.Ack{EventID: a.EventID, Status: storeStatus[a.Status], Group: b.Group, Error: a.Error, Replay: a.Replay}
 			if _, err := e.st.ApplyAck(ctx, q, e.cfg.Name, ack, next, now); err != nil {
 				return err
 			}

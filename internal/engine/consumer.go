@@ -108,23 +108,28 @@ func (e *Engine) groupReceiver(ctx context.Context, msg []byte) error {
 }
 
 // claim reports whether this bus should store the event: with a Claimer,
-// replicas of one group race for it and one wins. An event the bus already
-// stored is always answered. A claim that fails to reach the broker counts as
-// won: a duplicate is better than a loss.
+// replicas of one group race for it under the id of their SQLite file, and
+// the holder wins (again, when it is sent again). A replay is claimed apart
+// from the first delivery. An event the bus already stored is always
+// answered. A claim that fails to reach the broker counts as won: a
+// duplicate is better than a loss.
 func (e *Engine) claim(ctx context.Context, env *wire.Envelope) (bool, error) {
-	if e.claimer == nil || env.Replay {
+	if e.claimer == nil {
 		return true, nil
 	}
 	key := e.cfg.ChannelPrefix + "durabus:claim:" + e.cfg.Name + ":" + env.EventID
-	won, err := e.claimer.Claim(ctx, key, e.cfg.ClaimTTL)
+	if env.Replay {
+		key += ":replay"
+	}
+	won, err := e.claimer.Claim(ctx, key, e.instance, e.cfg.ClaimTTL)
 	if err != nil {
 		e.log.Debug("durabus: claim failed; storing the event anyway", "id", env.EventID, "err", err)
 		return true, nil
 	}
-	if won {
-		return true, nil
+	if won || env.Replay {
+		return won, nil
 	}
-	_, _, mine, err := e.st.InboxEventStatus(ctx, e.cfg.DB, e.cfg.Name, env.EventID)
+	_, mine, err := e.st.InboxEventStatus(ctx, e.cfg.DB, e.cfg.Name, env.EventID)
 	return mine, err
 }
 
@@ -147,20 +152,20 @@ func (e *Engine) store(ctx context.Context, env *wire.Envelope, msg []byte) erro
 		rows[i] = store.InboxRow{Consumer: e.cfg.Name, EventID: env.EventID, Handler: h.Name, EventName: env.EventName,
 			Publisher: env.PublishedBy, State: store.Processing, Message: msg, Now: now}
 	}
-	ack := store.Ack{EventID: env.EventID, Status: store.Received, Group: e.cfg.Name}
+	ack := store.Ack{EventID: env.EventID, Status: store.Received, Group: e.cfg.Name, Replay: env.Replay}
 	local := env.PublishedBy == e.cfg.Name
 	err := e.w.Do(ctx, func(ctx context.Context, q store.Querier) error {
 		added, err := insert(ctx, q, rows...)
 		if err != nil {
 			return err
 		}
-		ack.Status = store.Received
+		ack.Status, ack.Error, ack.Replay = store.Received, "", env.Replay
 		if added < len(rows) { // seen before: answer with what became of it
-			st, lastErr, _, err := e.st.InboxEventStatus(ctx, q, e.cfg.Name, env.EventID)
+			st, _, err := e.st.InboxEventStatus(ctx, q, e.cfg.Name, env.EventID)
 			if err != nil {
 				return err
 			}
-			ack.Status, ack.Error = st, lastErr
+			ack.Status, ack.Error, ack.Replay = st.Status, st.LastError, st.Replay
 		}
 		if local {
 			_, err = e.st.ApplyAck(ctx, q, e.cfg.Name, ack, now+e.cfg.PendingDelay.Milliseconds(), now)

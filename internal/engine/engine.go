@@ -14,6 +14,8 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/google/uuid"
+
 	"github.com/durabus/durabus/internal/store"
 )
 
@@ -31,7 +33,7 @@ type BatchPublisher interface {
 // Claimer is the optional PubSub capability replicas of one group use so
 // that one of them stores each event.
 type Claimer interface {
-	Claim(ctx context.Context, key string, ttl time.Duration) (bool, error)
+	Claim(ctx context.Context, key, owner string, ttl time.Duration) (bool, error)
 }
 
 // Handler runs one kind of event. Run decodes the envelope itself.
@@ -105,6 +107,8 @@ type Engine struct {
 	helloWake chan struct{}
 	groups    groups
 	claimer   Claimer
+	instance  string       // this database file's id, under which it claims events
+	openedAt  int64        // ms
 	consuming sync.Once    // the group's channels and hello loop start with the first handler
 	nudgedAt  atomic.Int64 // when PublishTx last asked the relay to look, in ms
 
@@ -152,6 +156,15 @@ func Open(ctx context.Context, cfg Config) (*Engine, error) {
 		return nil, err
 	}
 	e.claimer, _ = cfg.PubSub.(Claimer)
+	e.openedAt = e.nowMS()
+	if err := e.w.Do(ctx, func(ctx context.Context, q store.Querier) error {
+		var err error
+		e.instance, err = e.st.Meta(ctx, q, "instance_id", uuid.NewString())
+		return err
+	}); err != nil {
+		e.w.stop()
+		return nil, fmt.Errorf("read the database's id: %w", err)
+	}
 	e.bg, e.stopBG = context.WithCancel(context.Background())
 	e.runCtx, e.stopRuns = context.WithCancel(context.Background())
 	e.acks = newAckSender(e)

@@ -25,6 +25,7 @@ import (
 type groupInfo struct {
 	events    map[string]bool
 	lastSeen  int64 // ms
+	interval  int64 // the group's hello interval, ms; 0: this bus's
 	persisted int64 // last_seen as written to the groups table
 	nextSend  int64 // pacing: no re-send to this group before this time, ms
 }
@@ -66,7 +67,19 @@ func (e *Engine) loadGroups(ctx context.Context) error {
 	return nil
 }
 
-func (e *Engine) offlineAfter() int64 { return 3 * e.cfg.HelloInterval.Milliseconds() }
+// offlineAfter is how long g may be silent before it counts as offline:
+// three of its hello intervals.
+func (e *Engine) offlineAfter(g *groupInfo) int64 {
+	if g.interval > 0 {
+		return 3 * g.interval
+	}
+	return 3 * e.cfg.HelloInterval.Milliseconds()
+}
+
+// persistInterval bounds how often a hello from a known group is written.
+func (e *Engine) persistInterval() int64 {
+	return min(persistEvery, e.cfg.GroupTTL/10).Milliseconds()
+}
 
 // expectedGroups returns the groups, sorted, that consume event and were
 // heard of within GroupTTL.
@@ -90,7 +103,7 @@ func (e *Engine) onlineGroups(now int64) []string {
 	defer e.groups.mu.Unlock()
 	var out []string
 	for name, g := range e.groups.m {
-		if now-g.lastSeen < e.offlineAfter() && g.nextSend <= now {
+		if now-g.lastSeen < e.offlineAfter(g) && g.nextSend <= now {
 			out = append(out, name)
 		}
 	}
@@ -134,9 +147,10 @@ func (e *Engine) receiveHello(ctx context.Context, msg []byte) error {
 		e.groups.m[h.Group] = g
 		e.log.Info("durabus: new consumer group", "group", h.Group, "events", h.Events)
 	}
-	wasOffline := now-g.lastSeen >= e.offlineAfter()
+	wasOffline := now-g.lastSeen >= e.offlineAfter(g)
+	g.interval = h.Interval
 	for _, ev := range h.Events {
-		if !g.events[ev] || now-g.persisted >= persistEvery.Milliseconds() {
+		if !g.events[ev] || now-g.persisted >= e.persistInterval() {
 			write = append(write, store.GroupSeen{Group: h.Group, EventName: ev, LastSeen: now})
 		}
 		g.events[ev] = true
@@ -170,7 +184,9 @@ func (e *Engine) forgetSilentGroups(ctx context.Context) {
 	var silent []string
 	e.groups.mu.Lock()
 	for name, g := range e.groups.m {
-		if now-g.lastSeen >= e.cfg.GroupTTL.Milliseconds() {
+		// Silent since it was last heard of, or since this bus opened: a
+		// restarted publisher hears the groups again before it forgets them.
+		if now-max(g.lastSeen, e.openedAt) >= e.cfg.GroupTTL.Milliseconds() {
 			silent = append(silent, name)
 		}
 	}
@@ -206,7 +222,7 @@ func (e *Engine) helloLoop(ctx context.Context) {
 		}
 		e.mu.Unlock()
 		slices.Sort(events)
-		if msg, err := wire.EncodeHello(e.cfg.Name, events); err == nil {
+		if msg, err := wire.EncodeHello(e.cfg.Name, events, e.cfg.HelloInterval); err == nil {
 			sctx, cancel := context.WithTimeout(ctx, ackSendTimeout)
 			if err := e.cfg.PubSub.Publish(sctx, e.helloChannel(), msg); err != nil && ctx.Err() == nil {
 				e.log.Debug("durabus: send hello", "err", err)
@@ -368,12 +384,12 @@ func (e *Engine) receiveStatus(ctx context.Context, msg []byte) error {
 	}
 	var acks []store.Ack
 	for _, id := range sq.IDs {
-		st, lastErr, ok, err := e.st.InboxEventStatus(ctx, e.cfg.DB, e.cfg.Name, id)
+		st, ok, err := e.st.InboxEventStatus(ctx, e.cfg.DB, e.cfg.Name, id)
 		if err != nil {
 			return err
 		}
 		if ok {
-			acks = append(acks, store.Ack{EventID: id, Status: st, Group: e.cfg.Name, Error: lastErr})
+			acks = append(acks, store.Ack{EventID: id, Status: st.Status, Group: e.cfg.Name, Error: st.LastError, Replay: st.Replay})
 		}
 	}
 	if sq.Publisher != e.cfg.Name {
@@ -408,7 +424,7 @@ func (e *Engine) Groups() []GroupStatus {
 	defer e.groups.mu.Unlock()
 	out := make([]GroupStatus, 0, len(e.groups.m))
 	for name, g := range e.groups.m {
-		s := GroupStatus{Name: name, LastSeen: time.UnixMilli(g.lastSeen), Online: now-g.lastSeen < e.offlineAfter()}
+		s := GroupStatus{Name: name, LastSeen: time.UnixMilli(g.lastSeen), Online: now-g.lastSeen < e.offlineAfter(g)}
 		for ev := range g.events {
 			s.Events = append(s.Events, ev)
 		}

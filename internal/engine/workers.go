@@ -266,7 +266,8 @@ func (e *Engine) finish(r store.InboxRun, runErr error) {
 		if err != nil {
 			return err
 		}
-		ack.Status, ack.Error, _, err = e.st.InboxEventStatus(ctx, q, e.cfg.Name, r.EventID)
+		st, _, err := e.st.InboxEventStatus(ctx, q, e.cfg.Name, r.EventID)
+		ack.Status, ack.Error, ack.Replay = st.Status, st.LastError, st.Replay
 		if err != nil || ack.Status == store.Received || ack.Status == "" || !local {
 			return err
 		}

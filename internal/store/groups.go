@@ -23,14 +23,15 @@ const (
 const (
 	qInsertDelivery = `INSERT INTO {p}deliveries (outbox_id, group_name, state, due_at, updated_at) VALUES (?, ?, 'PENDING', ?, ?)
 ON CONFLICT (outbox_id, group_name) DO NOTHING`
-	qTracked          = `SELECT tracked FROM {p}outbox WHERE id = ?`
-	qTrackedID        = `SELECT id FROM {p}outbox WHERE publisher = ? AND event_id = ? AND tracked > 0`
+	qTracked   = `SELECT tracked FROM {p}outbox WHERE id = ?`
+	qTrackedID = `SELECT id FROM {p}outbox WHERE publisher = ? AND event_id = ? AND tracked > 0`
+	// While a delivery is a replay, only acks about the replayed run count.
 	qDeliveryReceived = `UPDATE {p}deliveries SET state = 'RECEIVED', sends = 0, due_at = ?, updated_at = ?
-WHERE outbox_id = ? AND group_name = ? AND state = 'PENDING'`
+WHERE outbox_id = ? AND group_name = ? AND state = 'PENDING' AND (replay = 0 OR ?)`
 	qDeliveryCompleted = `UPDATE {p}deliveries SET state = 'COMPLETED', replay = 0, last_error = NULL, updated_at = ?
-WHERE outbox_id = ? AND group_name = ? AND state <> 'COMPLETED'`
+WHERE outbox_id = ? AND group_name = ? AND state <> 'COMPLETED' AND (replay = 0 OR ?)`
 	qDeliveryDead = `UPDATE {p}deliveries SET state = 'DEAD', replay = 0, last_error = ?, updated_at = ?
-WHERE outbox_id = ? AND group_name = ? AND state IN ('PENDING', 'RECEIVED')`
+WHERE outbox_id = ? AND group_name = ? AND state IN ('PENDING', 'RECEIVED') AND (replay = 0 OR ?)`
 	qDeliveryCounts = `SELECT state, COUNT(*), MAX(CASE WHEN state = 'DEAD' THEN COALESCE(last_error, '') END),
 MAX(CASE WHEN state = 'DEAD' AND undelivered = 0 THEN group_name END) FROM {p}deliveries WHERE outbox_id = ? GROUP BY state`
 	qSetOutboxState = `UPDATE {p}outbox SET state = ?, last_error = ?, dead_by = ?, updated_at = ? WHERE id = ? AND state <> ?`
@@ -59,6 +60,8 @@ AND (? = '' OR event_name IN (SELECT value FROM json_each(?))) ORDER BY id LIMIT
 	qReplayDeliveries = `INSERT INTO {p}deliveries (outbox_id, group_name, state, sends, due_at, replay, updated_at) VALUES (?, ?, 'PENDING', 0, ?, 1, ?)
 ON CONFLICT (outbox_id, group_name) DO UPDATE SET state = 'PENDING', sends = 0, due_at = excluded.due_at, replay = 1,
 undelivered = 0, last_error = NULL, updated_at = excluded.updated_at`
+	qUntrack = `UPDATE {p}outbox SET tracked = 0 WHERE id IN (SELECT value FROM json_each(?))
+AND NOT EXISTS (SELECT 1 FROM {p}deliveries d WHERE d.outbox_id = {p}outbox.id)`
 	qReplayMark  = `UPDATE {p}outbox SET tracked = MAX(tracked, 1), due_at = ? WHERE id = ?`
 	qGroupCounts = `SELECT d.group_name, d.state, COUNT(*) FROM {p}deliveries d JOIN {p}outbox o ON o.id = d.outbox_id
 WHERE o.publisher = ? GROUP BY d.group_name, d.state`
@@ -79,11 +82,11 @@ func (s *Store) applyGroupAck(ctx context.Context, q Querier, publisher string, 
 	var res sql.Result
 	switch a.Status {
 	case Received:
-		res, err = q.ExecContext(ctx, s.q(qDeliveryReceived), nextDue, now, id, a.Group)
+		res, err = q.ExecContext(ctx, s.q(qDeliveryReceived), nextDue, now, id, a.Group, a.Replay)
 	case Completed:
-		res, err = q.ExecContext(ctx, s.q(qDeliveryCompleted), now, id, a.Group)
+		res, err = q.ExecContext(ctx, s.q(qDeliveryCompleted), now, id, a.Group, a.Replay)
 	case Dead:
-		res, err = q.ExecContext(ctx, s.q(qDeliveryDead), a.Error, now, id, a.Group)
+		res, err = q.ExecContext(ctx, s.q(qDeliveryDead), a.Error, now, id, a.Group, a.Replay)
 	}
 	if err != nil {
 		return false, Classify(err)
@@ -273,6 +276,13 @@ func (s *Store) recallDeliveries(ctx context.Context, q Querier, kind int, ids [
 	if _, err := q.ExecContext(ctx, s.q(query), now, now, string(list)); err != nil {
 		return Classify(err)
 	}
+	if kind == RecallDeadOutbox {
+		// Rows whose groups were all forgotten go back to the rule for rows
+		// without groups: the first consumer's acks decide.
+		if _, err := q.ExecContext(ctx, s.q(qUntrack), string(list)); err != nil {
+			return Classify(err)
+		}
+	}
 	for _, id := range ids {
 		if err := s.Aggregate(ctx, q, id, now); err != nil {
 			return err
@@ -361,4 +371,20 @@ func (s *Store) GroupCounts(ctx context.Context, q Querier, publisher string) ([
 		out = append(out, c)
 	}
 	return out, rows.Err()
+}
+
+const (
+	qMetaGet = `SELECT value FROM {p}meta WHERE key = ?`
+	qMetaSet = `INSERT INTO {p}meta (key, value) VALUES (?, ?) ON CONFLICT (key) DO NOTHING`
+)
+
+// Meta returns the value of key in the meta table, setting it to def when
+// it has none yet.
+func (s *Store) Meta(ctx context.Context, q Querier, key, def string) (string, error) {
+	if _, err := q.ExecContext(ctx, s.q(qMetaSet), key, def); err != nil {
+		return "", Classify(err)
+	}
+	var v string
+	err := q.QueryRowContext(ctx, s.q(qMetaGet), key).Scan(&v)
+	return v, Classify(err)
 }

@@ -108,11 +108,11 @@ SELECT id FROM {p}inbox WHERE consumer = ? AND state = ? AND updated_at < ? LIMI
 
 	qInsertInbox = `INSERT INTO {p}inbox (consumer, event_id, handler, event_name, publisher, state, message, due_at, last_error, created_at, updated_at)
 VALUES (?, ?, ?, ?, ?, ?, ?, ?, NULLIF(?, ''), ?, ?) ON CONFLICT (consumer, event_id, handler) DO NOTHING`
-	qReplayInbox = `INSERT INTO {p}inbox (consumer, event_id, handler, event_name, publisher, state, message, due_at, last_error, created_at, updated_at)
-VALUES (?, ?, ?, ?, ?, ?, ?, ?, NULLIF(?, ''), ?, ?) ON CONFLICT (consumer, event_id, handler) DO UPDATE SET
-state = 'PROCESSING', attempts = 0, due_at = excluded.due_at, message = excluded.message, last_error = NULL, updated_at = excluded.updated_at
-WHERE state <> 'PROCESSING'`
-	qInboxEventStates = `SELECT state, COALESCE(last_error, '') FROM {p}inbox WHERE consumer = ? AND event_id = ?`
+	qReplayInbox = `INSERT INTO {p}inbox (consumer, event_id, handler, event_name, publisher, state, message, due_at, last_error, created_at, updated_at, replay)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, NULLIF(?, ''), ?, ?, 1) ON CONFLICT (consumer, event_id, handler) DO UPDATE SET
+state = 'PROCESSING', attempts = 0, due_at = excluded.due_at, message = excluded.message, last_error = NULL, replay = 1,
+updated_at = excluded.updated_at WHERE state <> 'PROCESSING'`
+	qInboxEventStates = `SELECT state, COALESCE(last_error, ''), replay FROM {p}inbox WHERE consumer = ? AND event_id = ?`
 	qClaimInbox       = `UPDATE {p}inbox SET attempts = attempts + 1, due_at = ?, updated_at = ? WHERE id IN (
 SELECT id FROM {p}inbox WHERE consumer = ? AND state = 'PROCESSING' AND due_at <= ? ORDER BY due_at LIMIT ?)
 RETURNING id, event_id, handler, event_name, publisher, message, attempts`
@@ -135,7 +135,7 @@ FROM {p}inbox WHERE consumer = ? GROUP BY event_name, handler, state`
 var allQueries = []string{
 	qInsertDelivery, qTracked, qTrackedID, qDeliveryReceived, qDeliveryCompleted, qDeliveryDead, qDeliveryCounts, qSetOutboxState,
 	qDueDeliveries, qDeliverySent, qDeliveryUndelivered, qUpsertGroup, qLoadGroups, qForgetGroup, qDropDeliveries,
-	qAddCounter, qCounter, qRecallDeliveries, qRecallDeadDeliveries, qReplayDeliveries, qReplayRows, qReplayMark, qGroupCounts,
+	qAddCounter, qCounter, qRecallDeliveries, qRecallDeadDeliveries, qReplayDeliveries, qReplayRows, qReplayMark, qGroupCounts, qUntrack, qMetaGet, qMetaSet,
 	qInsertOutbox, qDueOutbox, qNextOutboxDue, qSent, qOutboxDead, qAckReceived, qAckCompleted, qAckDead,
 	qCompleteOutbox, qRecallOutgoing, qRecallDeadOutbox, qRecallDeadInbox, qDeleteOutbox, qDeleteInbox,
 	qInsertInbox, qReplayInbox, qInboxEventStates, qClaimInbox, qNextInboxDue, qInboxComplete, qInboxRetry, qInboxDead, qInboxPostpone, qInboxWake, qInboxRenew,
@@ -228,6 +228,7 @@ type Ack struct {
 	Status  string // Received, Completed or Dead (the row states)
 	Group   string
 	Error   string
+	Replay  bool // about a replayed run
 }
 
 // Received is the ack status for a stored but unfinished event.
@@ -282,42 +283,55 @@ func (s *Store) insertInbox(ctx context.Context, q Querier, query string, rows [
 	return added, nil
 }
 
-// InboxEventStatus sums up the inbox rows of one event: Completed when every
-// handler completed, Dead when one is dead and none still runs, Received
-// otherwise. ok is false when the event has no rows.
-func (s *Store) InboxEventStatus(ctx context.Context, q Querier, consumer, eventID string) (status, lastError string, ok bool, err error) {
+// EventStatus sums up the inbox entries of one event.
+type EventStatus struct {
+	// Status is Completed when every handler completed, Dead when one is
+	// dead and none still runs, Received otherwise.
+	Status    string
+	LastError string
+	// Replay is true when the latest run was asked for by a replay.
+	Replay bool
+}
+
+// InboxEventStatus sums up the inbox rows of one event. ok is false when the
+// event has no rows.
+func (s *Store) InboxEventStatus(ctx context.Context, q Querier, consumer, eventID string) (st EventStatus, ok bool, err error) {
 	rows, err := q.QueryContext(ctx, s.q(qInboxEventStates), consumer, eventID)
 	if err != nil {
-		return "", "", false, Classify(err)
+		return st, false, Classify(err)
 	}
 	defer rows.Close()
 	var processing, dead, n int
 	for rows.Next() {
-		var st, le string
-		if err := rows.Scan(&st, &le); err != nil {
-			return "", "", false, err
+		var state, le string
+		var replay bool
+		if err := rows.Scan(&state, &le, &replay); err != nil {
+			return st, false, err
 		}
 		n++
-		switch st {
+		st.Replay = st.Replay || replay
+		switch state {
 		case Processing:
 			processing++
 		case Dead:
 			dead++
-			lastError = le
+			st.LastError = le
 		}
 	}
 	if err := rows.Err(); err != nil {
-		return "", "", false, err
+		return st, false, err
 	}
 	switch {
 	case n == 0:
-		return "", "", false, nil
+		return st, false, nil
 	case processing > 0:
-		return Received, "", true, nil
+		st.Status, st.LastError = Received, ""
 	case dead > 0:
-		return Dead, lastError, true, nil
+		st.Status = Dead
+	default:
+		st.Status, st.LastError = Completed, ""
 	}
-	return Completed, "", true, nil
+	return st, true, nil
 }
 
 // ClaimInbox leases up to limit due PROCESSING rows of consumer until

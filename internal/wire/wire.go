@@ -110,6 +110,8 @@ type Ack struct {
 	EventID string `json:"id"`
 	Status  string `json:"status"`
 	Error   string `json:"error,omitempty"`
+	// Replay is true for the status of a replayed run.
+	Replay bool `json:"replay,omitempty"`
 }
 
 // EncodeAcks returns the JSON of an ack batch from group.
@@ -149,11 +151,14 @@ type Hello struct {
 	Type    string   `json:"type"`
 	Group   string   `json:"group"`
 	Events  []string `json:"events"`
+	// Interval is the sender's hello interval in milliseconds; publishers
+	// count the group offline after three silent intervals.
+	Interval int64 `json:"interval,omitempty"`
 }
 
 // EncodeHello returns the JSON of a hello from group.
-func EncodeHello(group string, events []string) ([]byte, error) {
-	return json.Marshal(Hello{Version: ControlVersion, Type: "hello", Group: group, Events: events})
+func EncodeHello(group string, events []string, interval time.Duration) ([]byte, error) {
+	return json.Marshal(Hello{Version: ControlVersion, Type: "hello", Group: group, Events: events, Interval: interval.Milliseconds()})
 }
 
 // DecodeHello parses and checks a hello.
