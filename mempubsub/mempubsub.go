@@ -22,6 +22,8 @@ import (
 	"slices"
 	"sync"
 	"sync/atomic"
+
+	"github.com/durabus/durabus/internal/subqueue"
 )
 
 // ErrClosed is returned by Publish, PublishBatch and Subscribe after Close.
@@ -60,7 +62,7 @@ type PubSub struct {
 
 	mu     sync.RWMutex
 	closed bool
-	subs   map[string][]*subscription // copy-on-write slices, by channel
+	subs   map[string][]*subqueue.Subscription // copy-on-write slices, by channel
 
 	faultMu    sync.Mutex
 	publishErr error
@@ -75,7 +77,7 @@ func New(opts ...Option) *PubSub {
 	for _, opt := range opts {
 		opt(&o)
 	}
-	return &PubSub{opts: o, subs: make(map[string][]*subscription)}
+	return &PubSub{opts: o, subs: make(map[string][]*subqueue.Subscription)}
 }
 
 // Publish queues a copy of msg for every current subscription of channel. It
@@ -113,7 +115,7 @@ func (p *PubSub) publish(ctx context.Context, channel string, msg []byte) error 
 	}
 	if !drop {
 		for _, s := range subs {
-			if err := s.deliver(ctx, bytes.Clone(msg)); err != nil {
+			if err := s.Deliver(ctx, bytes.Clone(msg)); err != nil {
 				return err
 			}
 		}
@@ -153,19 +155,19 @@ func (p *PubSub) Subscribe(ctx context.Context, channel string, fn func(ctx cont
 	if p.closed {
 		return nil, ErrClosed
 	}
-	s := newSubscription(ctx, fn, p.opts.queueSize, p.opts.maxInFlight)
+	s := subqueue.New(ctx, fn, p.opts.queueSize, p.opts.maxInFlight)
 	p.subs[channel] = append(slices.Clip(p.subs[channel]), s)
 	return sync.OnceValue(func() error {
 		p.remove(channel, s)
-		s.stop()
+		s.Stop()
 		return nil
 	}), nil
 }
 
-func (p *PubSub) remove(channel string, s *subscription) {
+func (p *PubSub) remove(channel string, s *subqueue.Subscription) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	subs := slices.DeleteFunc(slices.Clone(p.subs[channel]), func(x *subscription) bool { return x == s })
+	subs := slices.DeleteFunc(slices.Clone(p.subs[channel]), func(x *subqueue.Subscription) bool { return x == s })
 	if len(subs) == 0 {
 		delete(p.subs, channel)
 	} else {
@@ -178,12 +180,12 @@ func (p *PubSub) remove(channel string, s *subscription) {
 func (p *PubSub) Close() error {
 	p.mu.Lock()
 	all := p.subs
-	p.subs = make(map[string][]*subscription)
+	p.subs = make(map[string][]*subqueue.Subscription)
 	p.closed = true
 	p.mu.Unlock()
 	for _, subs := range all {
 		for _, s := range subs {
-			s.stop()
+			s.Stop()
 		}
 	}
 	return nil

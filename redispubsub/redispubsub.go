@@ -27,6 +27,8 @@ import (
 	"time"
 
 	"github.com/redis/go-redis/v9"
+
+	"github.com/durabus/durabus/internal/subqueue"
 )
 
 // ErrClosed is returned by the methods of a PubSub after Close.
@@ -185,7 +187,7 @@ func (p *PubSub) Close() error {
 	p.closed = true
 	p.cancel()
 	ps := p.ps
-	var subs []*subscription
+	var subs []*subqueue.Subscription
 	for _, cs := range p.channels {
 		subs = append(subs, cs.subs...)
 	}
@@ -196,7 +198,7 @@ func (p *PubSub) Close() error {
 	}
 	p.receiving.Wait()
 	for _, s := range subs {
-		s.stop()
+		s.Stop()
 	}
 	if p.ownClient {
 		return p.client.Close()

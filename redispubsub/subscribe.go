@@ -10,12 +10,14 @@ import (
 	"time"
 
 	"github.com/redis/go-redis/v9"
+
+	"github.com/durabus/durabus/internal/subqueue"
 )
 
 // channelSubs are the subscriptions of one Redis channel.
 type channelSubs struct {
-	subs      []*subscription // copy-on-write, so the receive loop can range over it unlocked
-	ready     chan struct{}   // closed once Redis confirmed the SUBSCRIBE
+	subs      []*subqueue.Subscription // copy-on-write, so the receive loop can range over it unlocked
+	ready     chan struct{}            // closed once Redis confirmed the SUBSCRIBE
 	confirmed bool
 }
 
@@ -30,10 +32,10 @@ type channelSubs struct {
 // after sending UNSUBSCRIBE if this was the channel's last subscription. fn
 // must not call it, nor Close, as they wait for fn to return.
 func (p *PubSub) Subscribe(ctx context.Context, channel string, fn func(ctx context.Context, msg []byte) error) (unsubscribe func() error, err error) {
-	s := newSubscription(ctx, fn, p.opts.queueSize, p.opts.maxInFlight)
+	s := subqueue.New(ctx, fn, p.opts.queueSize, p.opts.maxInFlight)
 	ready, err := p.add(ctx, channel, s)
 	if err != nil {
-		s.stop()
+		s.Stop()
 		return nil, err
 	}
 	unsubscribe = sync.OnceValue(func() error { return p.remove(channel, s) })
@@ -50,7 +52,7 @@ func (p *PubSub) Subscribe(ctx context.Context, channel string, fn func(ctx cont
 
 // add registers s and, for a channel new to this PubSub, sends SUBSCRIBE. It
 // returns a channel closed once Redis confirmed the subscription.
-func (p *PubSub) add(ctx context.Context, channel string, s *subscription) (ready <-chan struct{}, err error) {
+func (p *PubSub) add(ctx context.Context, channel string, s *subqueue.Subscription) (ready <-chan struct{}, err error) {
 	p.mu.Lock()
 	defer p.mu.Unlock() // held while sending, so SUBSCRIBE and UNSUBSCRIBE go out in order
 	if p.closed {
@@ -79,11 +81,11 @@ func (p *PubSub) add(ctx context.Context, channel string, s *subscription) (read
 
 // remove unregisters s, sends UNSUBSCRIBE if it was the last subscription of
 // channel, and waits for s's fn calls to return.
-func (p *PubSub) remove(channel string, s *subscription) error {
+func (p *PubSub) remove(channel string, s *subqueue.Subscription) error {
 	var err error
 	p.mu.Lock()
 	if cs := p.channels[channel]; cs != nil && slices.Contains(cs.subs, s) {
-		cs.subs = slices.DeleteFunc(slices.Clone(cs.subs), func(x *subscription) bool { return x == s })
+		cs.subs = slices.DeleteFunc(slices.Clone(cs.subs), func(x *subqueue.Subscription) bool { return x == s })
 		if len(cs.subs) == 0 {
 			delete(p.channels, channel)
 			if !p.closed {
@@ -92,7 +94,7 @@ func (p *PubSub) remove(channel string, s *subscription) error {
 		}
 	}
 	p.mu.Unlock()
-	s.stop()
+	s.Stop()
 	if err != nil {
 		return fmt.Errorf("redispubsub: unsubscribe %q: %w", channel, err)
 	}
@@ -120,13 +122,13 @@ func (p *PubSub) confirm(channel string) {
 // blocking while a queue is full.
 func (p *PubSub) dispatch(msg *redis.Message) {
 	p.mu.Lock()
-	var subs []*subscription
+	var subs []*subqueue.Subscription
 	if cs := p.channels[msg.Channel]; cs != nil {
 		subs = cs.subs
 	}
 	p.mu.Unlock()
 	for _, s := range subs {
-		_ = s.deliver(p.ctx, []byte(msg.Payload)) // fails only once Close began
+		_ = s.Deliver(p.ctx, []byte(msg.Payload)) // fails only once Close began
 	}
 }
 

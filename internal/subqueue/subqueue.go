@@ -1,13 +1,15 @@
-package redispubsub
+// Package subqueue is the delivery machinery the PubSub adapters share: a
+// subscription's bounded queue and its fixed pool of fn callers.
+package subqueue
 
 import (
 	"context"
 	"sync"
 )
 
-// subscription hands queued messages to fn from a fixed pool of workers, so
+// Subscription hands queued messages to fn from a fixed pool of workers, so
 // the queue bounds memory and the pool bounds concurrent fn calls.
-type subscription struct {
+type Subscription struct {
 	fn     func(ctx context.Context, msg []byte) error
 	ctx    context.Context // passed to fn; cancelled by stop
 	cancel context.CancelFunc
@@ -18,8 +20,10 @@ type subscription struct {
 	workers  sync.WaitGroup
 }
 
-func newSubscription(ctx context.Context, fn func(context.Context, []byte) error, queueSize, maxInFlight int) *subscription {
-	s := &subscription{
+// New starts a subscription whose maxInFlight workers call fn with the
+// messages queued (up to queueSize) by Deliver.
+func New(ctx context.Context, fn func(context.Context, []byte) error, queueSize, maxInFlight int) *Subscription {
+	s := &Subscription{
 		fn:    fn,
 		queue: make(chan []byte, queueSize),
 		done:  make(chan struct{}),
@@ -32,7 +36,7 @@ func newSubscription(ctx context.Context, fn func(context.Context, []byte) error
 	return s
 }
 
-func (s *subscription) work() {
+func (s *Subscription) work() {
 	for {
 		select {
 		case <-s.done:
@@ -50,9 +54,9 @@ func (s *subscription) work() {
 	}
 }
 
-// deliver queues msg, blocking while the queue is full until there is room
+// Deliver queues msg, blocking while the queue is full until there is room
 // or ctx ends. A stopped subscription silently takes nothing.
-func (s *subscription) deliver(ctx context.Context, msg []byte) error {
+func (s *Subscription) Deliver(ctx context.Context, msg []byte) error {
 	select {
 	case s.queue <- msg:
 		return nil
@@ -63,9 +67,9 @@ func (s *subscription) deliver(ctx context.Context, msg []byte) error {
 	}
 }
 
-// stop cancels fn's context, lets no new fn call start and waits for the
+// Stop cancels fn's context, lets no new fn call start and waits for the
 // running ones to return. It may be called more than once, concurrently.
-func (s *subscription) stop() {
+func (s *Subscription) Stop() {
 	s.stopOnce.Do(func() {
 		close(s.done)
 		s.cancel()
