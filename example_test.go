@@ -8,6 +8,7 @@ import (
 	"log"
 	"os"
 	"path/filepath"
+	"time"
 
 	"github.com/durabus/durabus"
 	"github.com/durabus/durabus/mempubsub"
@@ -194,4 +195,58 @@ func ExampleUnrecoverable() {
 	// Output:
 	// DEAD after 1 attempt: unrecoverable: unknown customer
 	// recalled 1 and completed
+}
+
+// Replay re-delivers stored events, even completed ones, so that a group's
+// handlers run again (after a bug fix, say). The envelope says it is a
+// replay.
+func ExampleBus_Replay() {
+	ctx := context.Background()
+	dir, cleanup := exampleDir()
+	defer cleanup()
+	ps := mempubsub.New()
+	defer ps.Close()
+	bus, err := durabus.Open[durabus.Event, durabus.Event](ctx, durabus.Config{Name: "orders", Path: filepath.Join(dir, "bus.db"), PubSub: ps})
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer bus.Close(ctx)
+
+	runs := make(chan bool)
+	if err := durabus.Handle(bus, func(ctx context.Context, env durabus.Envelope[OrderPlaced]) error {
+		runs <- env.Replay
+		return nil
+	}); err != nil {
+		log.Fatal(err)
+	}
+	if _, err := bus.Publish(ctx, OrderPlaced{OrderID: "46", Cents: 700}); err != nil {
+		log.Fatal(err)
+	}
+	fmt.Println("first run, replay:", <-runs)
+
+	// Replay reaches the groups the bus heard of: here its own, whose hello
+	// went out when the handler was added.
+	poll := time.NewTicker(time.Millisecond)
+	defer poll.Stop()
+	deadline := time.After(10 * time.Second)
+	for s, err := bus.Stats(ctx); len(s.Groups) == 0; s, err = bus.Stats(ctx) {
+		if err != nil {
+			log.Fatal(err)
+		}
+		select {
+		case <-poll.C:
+		case <-deadline:
+			log.Fatal("the bus never heard its own group")
+		}
+	}
+	n, err := bus.Replay(ctx, durabus.ReplayFilter{EventNames: []string{"order.placed"}})
+	if err != nil {
+		log.Fatal(err)
+	}
+	fmt.Println("replayed", n)
+	fmt.Println("second run, replay:", <-runs)
+	// Output:
+	// first run, replay: false
+	// replayed 1
+	// second run, replay: true
 }
