@@ -68,6 +68,27 @@ func groupsOf(t *testing.T, bus *durabus.Bus[durabus.Event, durabus.Event]) (dur
 }
 
 // waitOnline waits until bus heard a recent hello from every group.
+// replayGroups starts group-a, handling user.created and order.placed, and
+// group-b, handling user.created only, and waits until p heard both.
+func replayGroups(t *testing.T, ps durabus.PubSub, p *node) (aRuns, bRuns *runs) {
+	t.Helper()
+	a := openNode(t, groupConfig(t, ps, "group-a"))
+	b := openNode(t, groupConfig(t, ps, "group-b"))
+	aRuns, bRuns = newRuns(), newRuns()
+	require.NoError(t, durabus.Handle(a.bus, recordRuns[userCreated](aRuns)))
+	require.NoError(t, durabus.Handle(a.bus, recordRuns[orderPlaced](aRuns)))
+	require.NoError(t, durabus.Handle(b.bus, recordRuns[userCreated](bRuns)))
+	waitOnline(t, p.bus, "group-a", "group-b")
+	eventually(t, func() error {
+		_, g := groupsOf(t, p.bus)
+		if len(g["group-a"].Events) != 2 {
+			return fmt.Errorf("group-a announced %v", g["group-a"].Events)
+		}
+		return nil
+	})
+	return aRuns, bRuns
+}
+
 func waitOnline(t *testing.T, bus *durabus.Bus[durabus.Event, durabus.Event], groups ...string) {
 	t.Helper()
 	eventually(t, func() error {
@@ -741,20 +762,7 @@ func TestBus_Replay(t *testing.T) {
 	pCfg := groupConfig(t, ps, "publisher")
 	pCfg.PendingDelay = time.Second
 	p := openNode(t, durabus.WithClock(pCfg, clock.Now))
-	a := openNode(t, groupConfig(t, ps, "group-a"))
-	b := openNode(t, groupConfig(t, ps, "group-b"))
-	aRuns, bRuns := newRuns(), newRuns()
-	require.NoError(t, durabus.Handle(a.bus, recordRuns[userCreated](aRuns)))
-	require.NoError(t, durabus.Handle(a.bus, recordRuns[orderPlaced](aRuns)))
-	require.NoError(t, durabus.Handle(b.bus, recordRuns[userCreated](bRuns)))
-	waitOnline(t, p.bus, "group-a", "group-b")
-	eventually(t, func() error {
-		_, g := groupsOf(t, p.bus)
-		if len(g["group-a"].Events) != 2 {
-			return fmt.Errorf("group-a announced %v", g["group-a"].Events)
-		}
-		return nil
-	})
+	aRuns, bRuns := replayGroups(t, ps, p)
 
 	u1 := publish(t, p.bus, userCreated{ID: "u1"})
 	u2 := publish(t, p.bus, userCreated{ID: "u2"})
@@ -839,20 +847,7 @@ func TestBus_Replay_GroupFilterSkipsEventsTheGroupDoesNotConsume(t *testing.T) {
 	pCfg := groupConfig(t, ps, "publisher")
 	pCfg.MaxRetries = 2
 	p := openNode(t, pCfg)
-	a := openNode(t, groupConfig(t, ps, "group-a"))
-	b := openNode(t, groupConfig(t, ps, "group-b"))
-	aRuns, bRuns := newRuns(), newRuns()
-	require.NoError(t, durabus.Handle(a.bus, recordRuns[userCreated](aRuns)))
-	require.NoError(t, durabus.Handle(a.bus, recordRuns[orderPlaced](aRuns)))
-	require.NoError(t, durabus.Handle(b.bus, recordRuns[userCreated](bRuns)))
-	waitOnline(t, p.bus, "group-a", "group-b")
-	eventually(t, func() error {
-		_, g := groupsOf(t, p.bus)
-		if len(g["group-a"].Events) != 2 {
-			return fmt.Errorf("group-a announced %v", g["group-a"].Events)
-		}
-		return nil
-	})
+	_, bRuns := replayGroups(t, ps, p)
 	u1 := publish(t, p.bus, userCreated{ID: "u1"})
 	o1 := publish(t, p.bus, orderPlaced{OrderID: "o1"})
 	waitAllOutbox(t, p.db, []durabus.EventID{u1, o1}, "COMPLETED")
