@@ -4,7 +4,6 @@ import (
 	"context"
 	"database/sql"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"math"
 )
@@ -67,19 +66,12 @@ AND NOT EXISTS (SELECT 1 FROM {p}deliveries d WHERE d.outbox_id = {p}outbox.id)`
 WHERE o.publisher = ? GROUP BY d.group_name, d.state`
 )
 
-// applyGroupAck applies an ack to the delivery row of its group, for an
-// outbox row that tracks groups, and then sums the deliveries up into the
+// applyGroupAck applies an ack to the delivery row of its group, for outbox
+// row id, which tracks groups, and then sums the deliveries up into the
 // outbox row's state.
-func (s *Store) applyGroupAck(ctx context.Context, q Querier, publisher string, a Ack, nextDue, now int64) (bool, error) {
-	var id int64
-	err := q.QueryRowContext(ctx, s.q(qTrackedID), publisher, a.EventID).Scan(&id)
-	if errors.Is(err, sql.ErrNoRows) {
-		return false, nil
-	}
-	if err != nil {
-		return false, Classify(err)
-	}
+func (s *Store) applyGroupAck(ctx context.Context, q Querier, id int64, a Ack, nextDue, now int64) (bool, error) {
 	var res sql.Result
+	var err error
 	switch a.Status {
 	case Received:
 		res, err = q.ExecContext(ctx, s.q(qDeliveryReceived), nextDue, now, id, a.Group, a.Replay)

@@ -4,6 +4,7 @@ import (
 	"context"
 	"database/sql"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"strings"
 )
@@ -87,12 +88,13 @@ WHERE publisher = ? AND state IN ('PENDING', 'PROCESSING') AND due_at <= ? ORDER
 	qNextOutboxDue = `SELECT MIN(due_at) FROM {p}outbox WHERE publisher = ? AND state IN ('PENDING', 'PROCESSING')`
 	qSent          = `UPDATE {p}outbox SET sends = ?, due_at = ?, updated_at = ? WHERE id = ?`
 	qOutboxDead    = `UPDATE {p}outbox SET state = 'DEAD', last_error = ?, dead_by = ?, updated_at = ? WHERE id = ?`
+	qAckTarget     = `SELECT id, tracked FROM {p}outbox WHERE publisher = ? AND event_id = ?`
 	qAckReceived   = `UPDATE {p}outbox SET state = 'PROCESSING', sends = 0, due_at = ?, updated_at = ?
-WHERE publisher = ? AND event_id = ? AND state = 'PENDING' AND tracked = 0`
+WHERE id = ? AND state = 'PENDING'`
 	qAckCompleted = `UPDATE {p}outbox SET state = 'COMPLETED', last_error = NULL, dead_by = NULL, updated_at = ?
-WHERE publisher = ? AND event_id = ? AND state <> 'COMPLETED' AND tracked = 0`
+WHERE id = ? AND state <> 'COMPLETED'`
 	qAckDead = `UPDATE {p}outbox SET state = 'DEAD', last_error = ?, dead_by = ?, updated_at = ?
-WHERE publisher = ? AND event_id = ? AND state IN ('PENDING', 'PROCESSING') AND tracked = 0`
+WHERE id = ? AND state IN ('PENDING', 'PROCESSING')`
 	qCompleteOutbox = `UPDATE {p}outbox SET state = 'COMPLETED', updated_at = ? WHERE id = ? AND state <> 'COMPLETED'`
 
 	qRecallOutgoing = `UPDATE {p}outbox SET sends = 0, due_at = ?, updated_at = ? WHERE id IN (
@@ -133,10 +135,10 @@ FROM {p}inbox WHERE consumer = ? GROUP BY event_name, handler, state`
 )
 
 var allQueries = []string{
-	qInsertDelivery, qTracked, qTrackedID, qDeliveryReceived, qDeliveryCompleted, qDeliveryDead, qDeliveryCounts, qSetOutboxState,
+	qInsertDelivery, qTracked, qDeliveryReceived, qDeliveryCompleted, qDeliveryDead, qDeliveryCounts, qSetOutboxState,
 	qDueDeliveries, qDeliverySent, qDeliveryUndelivered, qUpsertGroup, qLoadGroups, qForgetGroup, qDropDeliveries,
 	qAddCounter, qCounter, qRecallDeliveries, qRecallDeadDeliveries, qReplayDeliveries, qReplayRows, qReplayMark, qGroupCounts, qUntrack, qMetaGet, qMetaSet,
-	qInsertOutbox, qDueOutbox, qNextOutboxDue, qSent, qOutboxDead, qAckReceived, qAckCompleted, qAckDead,
+	qInsertOutbox, qDueOutbox, qNextOutboxDue, qSent, qOutboxDead, qAckTarget, qAckReceived, qAckCompleted, qAckDead,
 	qCompleteOutbox, qRecallOutgoing, qRecallDeadOutbox, qRecallDeadInbox, qDeleteOutbox, qDeleteInbox,
 	qInsertInbox, qReplayInbox, qInboxEventStates, qClaimInbox, qNextInboxDue, qInboxComplete, qInboxRetry, qInboxDead, qInboxPostpone, qInboxWake, qInboxRenew,
 	qOutboxCounts, qInboxCounts,
@@ -234,28 +236,38 @@ type Ack struct {
 // Received is the ack status for a stored but unfinished event.
 const Received = "RECEIVED"
 
-// ApplyAck moves publisher's outbox row along with an ack. It reports
-// whether a row changed.
+// ApplyAck moves publisher's outbox row along with an ack: the delivery of
+// the ack's group when the row tracks groups, the row itself otherwise. It
+// reports whether a row changed.
 func (s *Store) ApplyAck(ctx context.Context, q Querier, publisher string, a Ack, nextDue, now int64) (bool, error) {
+	var id int64
+	var tracked int
+	err := q.QueryRowContext(ctx, s.q(qAckTarget), publisher, a.EventID).Scan(&id, &tracked)
+	if errors.Is(err, sql.ErrNoRows) {
+		return false, nil // not this publisher's, or deleted since
+	}
+	if err != nil {
+		return false, Classify(err)
+	}
+	if tracked > 0 {
+		return s.applyGroupAck(ctx, q, id, a, nextDue, now)
+	}
 	var res sql.Result
-	var err error
 	switch a.Status {
 	case Received:
-		res, err = q.ExecContext(ctx, s.q(qAckReceived), nextDue, now, publisher, a.EventID)
+		res, err = q.ExecContext(ctx, s.q(qAckReceived), nextDue, now, id)
 	case Completed:
-		res, err = q.ExecContext(ctx, s.q(qAckCompleted), now, publisher, a.EventID)
+		res, err = q.ExecContext(ctx, s.q(qAckCompleted), now, id)
 	case Dead:
-		res, err = q.ExecContext(ctx, s.q(qAckDead), a.Error, nullString(a.Group), now, publisher, a.EventID)
+		res, err = q.ExecContext(ctx, s.q(qAckDead), a.Error, nullString(a.Group), now, id)
 	default:
 		return false, fmt.Errorf("unknown ack status %q", a.Status)
 	}
 	if err != nil {
 		return false, Classify(err)
 	}
-	if n, _ := res.RowsAffected(); n > 0 {
-		return true, nil
-	}
-	return s.applyGroupAck(ctx, q, publisher, a, nextDue, now)
+	n, _ := res.RowsAffected()
+	return n > 0, nil
 }
 
 // InsertInbox inserts rows unless the (consumer, event, handler) row exists.
