@@ -39,6 +39,26 @@ func exampleDir() (string, func()) {
 	return dir, func() { os.RemoveAll(dir) }
 }
 
+// exampleBus opens a bus named "orders" on an in-memory PubSub, with cfg's
+// other fields, and returns it with what closes it all.
+func exampleBus(cfg durabus.Config) (*durabus.Bus[durabus.Event, durabus.Event], func()) {
+	ctx := context.Background()
+	dir, cleanup := exampleDir()
+	ps := mempubsub.New()
+	cfg.Name, cfg.Path, cfg.PubSub = "orders", filepath.Join(dir, "bus.db"), ps
+	bus, err := durabus.Open[durabus.Event, durabus.Event](ctx, cfg)
+	if err != nil {
+		log.Fatal(err)
+	}
+	return bus, func() {
+		if err := bus.Close(ctx); err != nil {
+			log.Fatal(err)
+		}
+		ps.Close()
+		cleanup()
+	}
+}
+
 // Publish an event and handle it on the same bus. In production the PubSub
 // is redispubsub.New(client); here it is in memory.
 func Example() {
@@ -78,17 +98,10 @@ func Example() {
 // written.
 func ExampleBus_Publish_validation() {
 	ctx := context.Background()
-	dir, cleanup := exampleDir()
-	defer cleanup()
-	ps := mempubsub.New()
-	defer ps.Close()
-	bus, err := durabus.Open[durabus.Event, durabus.Event](ctx, durabus.Config{Name: "orders", Path: filepath.Join(dir, "bus.db"), PubSub: ps})
-	if err != nil {
-		log.Fatal(err)
-	}
-	defer bus.Close(ctx)
+	bus, closeAll := exampleBus(durabus.Config{})
+	defer closeAll()
 
-	_, err = bus.Publish(ctx, OrderPlaced{OrderID: "43"})
+	_, err := bus.Publish(ctx, OrderPlaced{OrderID: "43"})
 	fmt.Println(errors.Is(err, durabus.ErrInvalidPayload))
 	fmt.Println(err)
 	// Output:
@@ -148,26 +161,15 @@ func ExampleBus_PublishTx() {
 // the cause is fixed.
 func ExampleUnrecoverable() {
 	ctx := context.Background()
-	dir, cleanup := exampleDir()
-	defer cleanup()
-	ps := mempubsub.New()
-	defer ps.Close()
-
 	dead := make(chan durabus.DeadLetter, 1)
-	bus, err := durabus.Open[durabus.Event, durabus.Event](ctx, durabus.Config{
-		Name:   "orders",
-		Path:   filepath.Join(dir, "bus.db"),
-		PubSub: ps,
+	bus, closeAll := exampleBus(durabus.Config{
 		OnDead: func(ctx context.Context, d durabus.DeadLetter) { dead <- d },
 	})
-	if err != nil {
-		log.Fatal(err)
-	}
-	defer bus.Close(ctx)
+	defer closeAll()
 
 	fixed := make(chan struct{})
 	completed := make(chan struct{})
-	err = durabus.Handle(bus, func(ctx context.Context, env durabus.Envelope[OrderPlaced]) error {
+	err := durabus.Handle(bus, func(ctx context.Context, env durabus.Envelope[OrderPlaced]) error {
 		select {
 		case <-fixed:
 			close(completed)
@@ -202,15 +204,8 @@ func ExampleUnrecoverable() {
 // replay.
 func ExampleBus_Replay() {
 	ctx := context.Background()
-	dir, cleanup := exampleDir()
-	defer cleanup()
-	ps := mempubsub.New()
-	defer ps.Close()
-	bus, err := durabus.Open[durabus.Event, durabus.Event](ctx, durabus.Config{Name: "orders", Path: filepath.Join(dir, "bus.db"), PubSub: ps})
-	if err != nil {
-		log.Fatal(err)
-	}
-	defer bus.Close(ctx)
+	bus, closeAll := exampleBus(durabus.Config{})
+	defer closeAll()
 
 	runs := make(chan bool)
 	if err := durabus.Handle(bus, func(ctx context.Context, env durabus.Envelope[OrderPlaced]) error {
