@@ -5,8 +5,8 @@ import (
 	"path/filepath"
 	"runtime"
 	"strings"
-	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/durabus/durabus"
 	"github.com/durabus/durabus/mempubsub"
@@ -63,35 +63,81 @@ func BenchmarkPublish(b *testing.B) {
 	}
 }
 
-// BenchmarkEndToEnd measures Publish → relay → in-memory PubSub → inbox →
-// handler → COMPLETED on one bus, until every handler ran.
+// BenchmarkEndToEnd measures Publish → relay → in-memory PubSub → the
+// consumer's inbox → handler → COMPLETED acknowledged back, between two
+// buses with separate database files, until every outbox row is COMPLETED.
 func BenchmarkEndToEnd(b *testing.B) {
-	bus, _ := openBench(b, durabus.SyncFull)
 	ctx := context.Background()
-	var handled atomic.Int64
-	done := make(chan struct{})
-	target := int64(b.N)
-	if err := durabus.Handle(bus, func(ctx context.Context, env durabus.Envelope[benchEvent]) error {
-		if handled.Add(1) == target {
-			close(done)
+	ps := mempubsub.New()
+	b.Cleanup(func() { ps.Close() })
+	open := func(name string) *durabus.Bus[durabus.Event, durabus.Event] {
+		bus, err := durabus.Open[durabus.Event, durabus.Event](ctx, durabus.Config{
+			Name: name, Path: filepath.Join(b.TempDir(), name+".db"), PubSub: ps,
+		})
+		if err != nil {
+			b.Fatal(err)
 		}
+		b.Cleanup(func() {
+			if err := bus.Close(ctx); err != nil {
+				b.Error(err)
+			}
+		})
+		return bus
+	}
+	pub, con := open("bench-pub"), open("bench-con")
+	if err := durabus.Handle(con, func(ctx context.Context, env durabus.Envelope[benchEvent]) error {
 		return nil
 	}); err != nil {
 		b.Fatal(err)
 	}
+	waitGroupKnown(b, pub, "bench-con")
 	b.ReportAllocs()
 	b.ResetTimer()
-	var next atomic.Int64
 	b.SetParallelism(64 / max(1, testingProcs()))
 	b.RunParallel(func(pb *testing.PB) {
 		for pb.Next() {
-			if _, err := bus.Publish(ctx, benchEvent{N: int(next.Add(1)), Body: benchBody}); err != nil {
+			if _, err := pub.Publish(ctx, benchEvent{Body: benchBody}); err != nil {
 				b.Error(err)
 				return
 			}
 		}
 	})
-	<-done
+	for {
+		s, err := pub.Stats(ctx)
+		if err != nil {
+			b.Fatal(err)
+		}
+		if s.Outbox.Completed == b.N {
+			break
+		}
+		if s.Outbox.Dead > 0 {
+			b.Fatalf("%d events are DEAD", s.Outbox.Dead)
+		}
+		waitTick()
+	}
 }
+
+// waitGroupKnown waits until pub heard the hello of group, so that its
+// events are tracked per group as in production.
+func waitGroupKnown(b *testing.B, pub *durabus.Bus[durabus.Event, durabus.Event], group string) {
+	b.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for time.Now().Before(deadline) {
+		s, err := pub.Stats(context.Background())
+		if err != nil {
+			b.Fatal(err)
+		}
+		for _, g := range s.Groups {
+			if g.Name == group {
+				return
+			}
+		}
+		waitTick()
+	}
+	b.Fatalf("the publisher never heard of group %q", group)
+}
+
+// waitTick paces the polls above.
+func waitTick() { <-time.After(2 * time.Millisecond) }
 
 func testingProcs() int { return runtime.GOMAXPROCS(0) }

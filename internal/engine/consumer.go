@@ -38,6 +38,7 @@ func (e *Engine) AddHandler(h Handler) error {
 			e.subscribe(e.bg, e.groupChannel(e.cfg.Name), e.groupReceiver)
 			e.subscribe(e.bg, e.statusChannel(e.cfg.Name), e.receiveStatus)
 			e.goBG(e.helloLoop)
+			e.goBG(e.direct.loop)
 		})
 		wake(e.helloWake)
 	}
@@ -129,7 +130,7 @@ func (e *Engine) claim(ctx context.Context, env *wire.Envelope) (bool, error) {
 	if won || env.Replay {
 		return won, nil
 	}
-	_, mine, err := e.st.InboxEventStatus(ctx, e.cfg.DB, e.cfg.Name, env.EventID)
+	_, mine, err := e.st.InboxEventStatus(ctx, e.rd, e.cfg.Name, env.EventID)
 	return mine, err
 }
 
@@ -141,6 +142,14 @@ func (e *Engine) store(ctx context.Context, env *wire.Envelope, msg []byte) erro
 	}
 	if ok, err := e.claim(ctx, env); err != nil || !ok {
 		return err // another replica of this group has it
+	}
+	release, err := e.direct.hold(ctx, env.EventID)
+	if err != nil {
+		return err
+	}
+	defer release()
+	if ran, err := e.tryDirect(ctx, env, msg, hs); ran || err != nil {
+		return err
 	}
 	insert := e.st.InsertInbox
 	if env.Replay {
@@ -154,7 +163,7 @@ func (e *Engine) store(ctx context.Context, env *wire.Envelope, msg []byte) erro
 	}
 	ack := store.Ack{EventID: env.EventID, Status: store.Received, Group: e.cfg.Name, Replay: env.Replay}
 	local := env.PublishedBy == e.cfg.Name
-	err := e.w.Do(ctx, func(ctx context.Context, q store.Querier) error {
+	err = e.w.Do(ctx, func(ctx context.Context, q store.Querier) error {
 		added, err := insert(ctx, q, rows...)
 		if err != nil {
 			return err

@@ -103,6 +103,7 @@ type Engine struct {
 	closed chan struct{} // closed when Close starts: intake stops
 
 	relayWake chan struct{}
+	handoff   *handoff
 	workWake  chan struct{}
 	helloWake chan struct{}
 	groups    groups
@@ -122,6 +123,8 @@ type Engine struct {
 	runCtx   context.Context // handler contexts; cancelled when Close gives up
 	stopRuns context.CancelFunc
 	workers  *workers
+	direct   *directRuns
+	rd       *reader // prepared reads on the pool
 
 	closeOnce sync.Once
 	finished  chan struct{}
@@ -146,6 +149,7 @@ func Open(ctx context.Context, cfg Config) (*Engine, error) {
 		log:       cfg.Logger,
 		closed:    make(chan struct{}),
 		relayWake: make(chan struct{}, 1),
+		handoff:   newHandoff(),
 		workWake:  make(chan struct{}, 1),
 		helloWake: make(chan struct{}, 1),
 		handlers:  map[string][]Handler{},
@@ -169,6 +173,8 @@ func Open(ctx context.Context, cfg Config) (*Engine, error) {
 	e.runCtx, e.stopRuns = context.WithCancel(context.Background())
 	e.acks = newAckSender(e)
 	e.workers = newWorkers(e)
+	e.direct = newDirectRuns(e)
+	e.rd = newReader(cfg.DB)
 	if cfg.CanSubscribe && cfg.CanPublish {
 		e.subscribe(ctx, e.ackChannel(cfg.Name), e.receiveAcks)
 		e.subscribe(ctx, e.helloChannel(), e.receiveHello)
@@ -284,19 +290,48 @@ func (e *Engine) Write(ctx context.Context, fn func(ctx context.Context, q store
 	return err
 }
 
-// Publish stores rows in the outbox and wakes the relay once committed.
+// Publish stores rows in the outbox and hands them to the relay once
+// committed (see handoff.go).
 func (e *Engine) Publish(ctx context.Context, rows ...store.OutboxRow) error {
 	if !e.cfg.CanPublish {
 		return errors.New("the PubSub cannot publish")
 	}
 	e.expect(rows)
+	handed := e.handoff.reserve(len(rows))
+	if handed {
+		for i := range rows {
+			rows[i].Sends, rows[i].DueAt = 1, e.firstResend(rows[i])
+		}
+	}
 	err := e.Write(ctx, func(ctx context.Context, q store.Querier) error {
 		return e.st.InsertOutbox(ctx, q, rows...)
 	})
-	if err == nil {
-		wake(e.relayWake)
+	switch {
+	case !handed:
+		if err == nil {
+			wake(e.relayWake)
+		}
+	case err != nil:
+		e.handoff.release(len(rows))
+	default:
+		sends := make([]store.OutboxSend, len(rows))
+		for i, r := range rows {
+			sends[i] = store.OutboxSend{ID: r.ID, EventID: r.EventID, EventName: r.EventName, State: store.Pending,
+				Tracked: len(r.Groups), Message: r.Message}
+		}
+		e.handoff.push(sends)
 	}
 	return err
+}
+
+// firstResend is when a row sent right after its commit is due again: never
+// for a row that tracks groups (re-sends go to each group), otherwise as
+// after any first send.
+func (e *Engine) firstResend(r store.OutboxRow) int64 {
+	if len(r.Groups) > 0 {
+		return never
+	}
+	return e.nextSend(store.Pending, 1, r.Now)
 }
 
 // PublishTx stores rows in the caller's transaction. The relay finds them
@@ -367,6 +402,7 @@ func (e *Engine) shutdown() {
 	e.bgWG.Wait()
 	e.stopRuns()
 	e.w.stop()
+	e.rd.close()
 	if e.cfg.OwnDB {
 		if err := e.cfg.DB.Close(); err != nil {
 			errs = append(errs, fmt.Errorf("close database: %w", err))

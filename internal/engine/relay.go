@@ -12,38 +12,93 @@ import (
 // state, send count and due time), so a crash loses no retry state: a row
 // claimed by a relay that died is due again once its PendingDelay passed.
 
-// relayLoop runs until ctx ends, sending whatever is due and sleeping until
-// the next due row, a wake-up or the poll interval.
+// relayLoop runs until ctx ends: it sends the rows Publish handed over as
+// they come, and scans the table for due rows when the next one is due, on
+// a wake-up (PublishTx, recall) or at the poll interval.
 func (e *Engine) relayLoop(ctx context.Context) {
 	failures := 0
+	scanAt := time.Now() // when the table is next scanned
 	for ctx.Err() == nil {
-		n, err := e.relayOnce(ctx)
-		if err == nil {
-			var m int
-			m, err = e.relayDeliveries(ctx)
-			n = max(n, m)
+		err := e.sendHandedOff(ctx)
+		n := 0
+		if err == nil && !time.Now().Before(scanAt) {
+			n, err = e.relayOnce(ctx)
+			if err == nil {
+				var m int
+				m, err = e.relayDeliveries(ctx)
+				n = max(n, m)
+			}
+			scanAt = time.Now().Add(e.untilNextDue(ctx))
 		}
 		switch {
 		case err != nil && ctx.Err() == nil:
 			failures++
 			e.log.Warn("durabus: relay", "err", err, "failures", failures)
 			e.sleep(ctx, e.relayWake, min(e.cfg.Backoff(failures), e.cfg.PollInterval*5), false)
+			scanAt = time.Now()
 			continue
 		case err == nil:
 			failures = 0
 		}
 		if n >= relayBatch {
-			continue // more may be due
+			scanAt = time.Now() // more may be due
+			continue
 		}
-		e.sleep(ctx, e.relayWake, e.untilNextDue(ctx), true)
+		if e.waitRelay(ctx, time.Until(scanAt)) {
+			scanAt = time.Now()
+		}
 	}
 }
+
+// waitRelay waits for d, a wake-up, handed-over rows or the end of ctx. It
+// reports whether the table should be scanned now.
+func (e *Engine) waitRelay(ctx context.Context, d time.Duration) (scan bool) {
+	if d <= 0 {
+		return true
+	}
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return false
+	case <-t.C:
+		return true
+	case <-e.relayWake:
+		return true
+	case <-e.handoff.signal:
+		return false
+	}
+}
+
+// sendHandedOff sends the rows Publish handed over, in batches, until none
+// is left. Rows whose send failed are put back in the table, due soon.
+func (e *Engine) sendHandedOff(ctx context.Context) error {
+	for {
+		rows := e.handoff.take(handoffBatch)
+		if len(rows) == 0 {
+			return nil
+		}
+		err := e.send(ctx, rows)
+		if err != nil {
+			e.unclaim(rows, e.nowMS())
+		} else if !e.cfg.CanSubscribe {
+			e.completeUnheard(rows)
+		}
+		e.handoff.release(len(rows))
+		if err != nil {
+			return err
+		}
+	}
+}
+
+// handoffBatch is how many handed-over rows one pipelined send carries.
+const handoffBatch = 1024
 
 // untilNextDue is how long the relay may sleep: until the earliest due row,
 // at most the poll interval.
 func (e *Engine) untilNextDue(ctx context.Context) time.Duration {
 	wait := e.cfg.PollInterval
-	due, ok, err := e.st.NextOutboxDue(ctx, e.cfg.DB, e.cfg.Name)
+	due, ok, err := e.st.NextOutboxDue(ctx, e.rd, e.cfg.Name)
 	if since := time.Duration(e.nowMS()-e.nudgedAt.Load()) * time.Millisecond; since < e.cfg.PollInterval {
 		wait = min(wait, nudgePoll)
 	}

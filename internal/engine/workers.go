@@ -12,7 +12,8 @@ import (
 
 // workers run handlers on inbox rows: one dispatcher claims due rows with a
 // lease (so a crash leaves them to be picked up again) and hands them to a
-// fixed pool of Concurrency goroutines.
+// fixed pool of Concurrency goroutines. Every handler run, a worker's or a
+// direct one (direct.go), holds one of Concurrency slots while it runs.
 type workers struct {
 	e         *Engine
 	mu        sync.Mutex
@@ -22,14 +23,16 @@ type workers struct {
 	jobs      chan store.InboxRun
 	freed     chan struct{}
 	quit      chan struct{}
-	idle      atomic.Int64
+	idle      atomic.Int64  // workers without a job
+	slots     chan struct{} // one per running handler
+	starved   atomic.Bool   // the dispatcher waits for a free slot
 	wg        sync.WaitGroup
 	startOnce sync.Once
 	stopOnce  sync.Once
 }
 
 func newWorkers(e *Engine) *workers {
-	return &workers{e: e, jobs: make(chan store.InboxRun), freed: make(chan struct{}, 1), quit: make(chan struct{}),
+	return &workers{e: e, jobs: make(chan store.InboxRun), slots: make(chan struct{}, e.cfg.Concurrency), freed: make(chan struct{}, 1), quit: make(chan struct{}),
 		running: map[int64]struct{}{}, renewStop: make(chan struct{}), renewDone: make(chan struct{})}
 }
 
@@ -112,11 +115,11 @@ func (w *workers) dispatch() {
 			return
 		default:
 		}
-		idle := int(w.idle.Load())
+		free := min(int(w.idle.Load()), cap(w.slots)-len(w.slots))
 		var runs []store.InboxRun
 		var err error
-		if idle > 0 {
-			runs, err = w.claim(idle)
+		if free > 0 {
+			runs, err = w.claim(free)
 		}
 		if err != nil {
 			failures++
@@ -126,11 +129,15 @@ func (w *workers) dispatch() {
 		}
 		failures = 0
 		for _, r := range runs {
+			w.track(r.ID) // its lease is renewed from now on
 			w.idle.Add(-1)
 			w.jobs <- r
 		}
-		if len(runs) > 0 && len(runs) == idle {
-			w.wait(e.cfg.PollInterval) // all busy: a freed worker wakes us
+		if free == 0 || len(runs) == free {
+			// All busy: a freed worker or slot wakes us.
+			w.starved.Store(true)
+			w.wait(e.cfg.PollInterval)
+			w.starved.Store(false)
 			continue
 		}
 		if len(runs) == 0 {
@@ -154,7 +161,7 @@ func (w *workers) claim(n int) ([]store.InboxRun, error) {
 
 func (w *workers) untilNextDue() time.Duration {
 	e := w.e
-	due, ok, err := e.st.NextInboxDue(context.Background(), e.cfg.DB, e.cfg.Name)
+	due, ok, err := e.st.NextInboxDue(context.Background(), e.rd, e.cfg.Name)
 	if err != nil || !ok {
 		return e.cfg.PollInterval
 	}
@@ -175,16 +182,45 @@ func (w *workers) wait(d time.Duration) {
 	}
 }
 
+// takeSlot takes a slot for a direct run; false when all are taken.
+func (w *workers) takeSlot() bool {
+	select {
+	case w.slots <- struct{}{}:
+		return true
+	default:
+		return false
+	}
+}
+
+// giveSlot returns a slot.
+func (w *workers) giveSlot() {
+	<-w.slots
+	if w.starved.Load() {
+		wake(w.freed)
+	}
+}
+
+// track renews the lease of entry id while its handler runs elsewhere;
+// untrack stops that.
+func (w *workers) track(id int64) {
+	w.mu.Lock()
+	w.running[id] = struct{}{}
+	w.mu.Unlock()
+}
+
+func (w *workers) untrack(id int64) {
+	w.mu.Lock()
+	delete(w.running, id)
+	w.mu.Unlock()
+}
+
 func (w *workers) work() {
 	defer w.wg.Done()
 	for r := range w.jobs {
-		w.mu.Lock()
-		w.running[r.ID] = struct{}{}
-		w.mu.Unlock()
+		w.slots <- struct{}{} // may wait for a direct run to end
 		w.e.run(r)
-		w.mu.Lock()
-		delete(w.running, r.ID)
-		w.mu.Unlock()
+		<-w.slots
+		w.untrack(r.ID)
 		w.idle.Add(1)
 		wake(w.freed)
 	}
@@ -209,9 +245,7 @@ func (e *Engine) run(r store.InboxRun) {
 		e.postpone(r, true, e.nowMS(), "") // claimed as Close gave up: not run, not counted
 		return
 	}
-	ctx, cancel := context.WithTimeout(e.runCtx, e.cfg.HandlerTimeout)
-	err := h.Run(ctx, r.Message, r.Attempts)
-	cancel()
+	err := e.runHandler(h, r.Message, r.Attempts)
 	if err != nil && e.runCtx.Err() != nil {
 		// Close gave up on it: release the lease so that the next bus on this
 		// file runs it at once. The attempt counts, as after a crash.
@@ -232,36 +266,43 @@ func (e *Engine) postpone(r store.InboxRun, uncount bool, dueAt int64, reason st
 	}
 }
 
+// outcome is what a run's result makes of its inbox row.
+type outcome struct {
+	state string // COMPLETED, DEAD, or PROCESSING for a retry
+	due   int64  // when a retry is due
+}
+
+// outcome classifies the result of the attempts-th run.
+func (e *Engine) outcome(attempts int, runErr error, now int64) outcome {
+	if runErr == nil {
+		return outcome{state: store.Completed}
+	}
+	unrecoverable, after := e.cfg.Classify(runErr)
+	if unrecoverable || attempts > e.cfg.MaxRetries {
+		return outcome{state: store.Dead}
+	}
+	if after <= 0 {
+		after = e.cfg.Backoff(attempts)
+	}
+	return outcome{state: store.Processing, due: now + after.Milliseconds()}
+}
+
 // finish records a handler's outcome and tells the publisher once every
 // handler of the event is done.
 func (e *Engine) finish(r store.InboxRun, runErr error) {
 	now := e.nowMS()
-	state := store.Completed
-	var due int64
-	if runErr != nil {
-		unrecoverable, after := e.cfg.Classify(runErr)
-		switch {
-		case unrecoverable || r.Attempts > e.cfg.MaxRetries:
-			state = store.Dead
-		default:
-			state = store.Processing
-			if after <= 0 {
-				after = e.cfg.Backoff(r.Attempts)
-			}
-			due = now + after.Milliseconds()
-		}
-	}
+	o := e.outcome(r.Attempts, runErr, now)
 	ack := store.Ack{EventID: r.EventID, Group: e.cfg.Name}
 	local := r.Publisher == e.cfg.Name
 	err := e.w.Do(context.Background(), func(ctx context.Context, q store.Querier) error {
 		var err error
-		switch state {
+		switch o.state {
 		case store.Completed:
 			err = e.st.InboxComplete(ctx, q, r.ID, now)
 		case store.Dead:
 			err = e.st.InboxDead(ctx, q, r.ID, runErr.Error(), now)
 		default:
-			return e.st.InboxRetry(ctx, q, r.ID, due, runErr.Error(), now)
+			return e.st.InboxRetry(ctx, q, r.ID, o.due, runErr.Error(), now)
 		}
 		if err != nil {
 			return err
@@ -278,13 +319,18 @@ func (e *Engine) finish(r store.InboxRun, runErr error) {
 		e.log.Error("durabus: record handler outcome; the row runs again after its lease", "event", r.EventID, "handler", r.Handler, "err", err)
 		return
 	}
-	if state == store.Dead {
-		e.log.Warn("durabus: event is DEAD", "event", r.EventName, "id", r.EventID, "handler", r.Handler, "attempts", r.Attempts, "err", runErr)
-		if e.cfg.OnDead != nil {
-			e.cfg.OnDead(e.runCtx, Dead{EventID: r.EventID, EventName: r.EventName, Handler: r.Handler, Attempts: r.Attempts, Err: runErr, Message: r.Message})
-		}
+	if o.state == store.Dead {
+		e.reportDead(r, runErr)
 	}
-	if !local && state != store.Processing && ack.Status != store.Received && ack.Status != "" && r.Publisher != "" {
+	if !local && o.state != store.Processing && ack.Status != store.Received && ack.Status != "" && r.Publisher != "" {
 		e.acks.add(r.Publisher, ack)
+	}
+}
+
+// reportDead logs an entry that just became DEAD and calls OnDead.
+func (e *Engine) reportDead(r store.InboxRun, runErr error) {
+	e.log.Warn("durabus: event is DEAD", "event", r.EventName, "id", r.EventID, "handler", r.Handler, "attempts", r.Attempts, "err", runErr)
+	if e.cfg.OnDead != nil {
+		e.cfg.OnDead(e.runCtx, Dead{EventID: r.EventID, EventName: r.EventName, Handler: r.Handler, Attempts: r.Attempts, Err: runErr, Message: r.Message})
 	}
 }

@@ -33,12 +33,17 @@ func (s *Store) q(text string) string {
 
 // OutboxRow is a row to insert into the outbox.
 type OutboxRow struct {
+	ID        int64 // set by InsertOutbox
 	EventID   string
 	EventName string
 	Publisher string
 	Message   []byte
-	DueAt     int64
-	Now       int64
+	// Sends and DueAt: 0 and the publish time for a row the relay picks
+	// up from the table; 1 and the first re-send time for a row handed to
+	// the relay in memory, which sends it right after the commit.
+	Sends int
+	DueAt int64
+	Now   int64
 	// Groups are the consumer groups expected to handle the event; each gets
 	// a delivery row, first due (for a re-send) at GroupsDueAt.
 	Groups      []string
@@ -66,7 +71,12 @@ type InboxRow struct {
 	State     string
 	Message   []byte
 	LastError string
-	Now       int64
+	// Attempts is how many runs the row starts with: 0 for a row stored on
+	// receipt, 1 for a row stored after its handler already ran.
+	Attempts int
+	// DueAt is when a PROCESSING row is due to run; 0 means Now.
+	DueAt int64
+	Now   int64
 }
 
 // InboxRun is an inbox row claimed for a handler run.
@@ -81,8 +91,8 @@ type InboxRun struct {
 }
 
 const (
-	qInsertOutbox = `INSERT INTO {p}outbox (event_id, event_name, publisher, state, message, due_at, tracked, created_at, updated_at)
-VALUES (?, ?, ?, 'PENDING', ?, ?, ?, ?, ?)`
+	qInsertOutbox = `INSERT INTO {p}outbox (event_id, event_name, publisher, state, message, sends, due_at, tracked, created_at, updated_at)
+VALUES (?, ?, ?, 'PENDING', ?, ?, ?, ?, ?, ?)`
 	qDueOutbox = `SELECT id, event_id, event_name, state, sends, tracked, message FROM {p}outbox
 WHERE publisher = ? AND state IN ('PENDING', 'PROCESSING') AND due_at <= ? ORDER BY due_at LIMIT ?`
 	qNextOutboxDue = `SELECT MIN(due_at) FROM {p}outbox WHERE publisher = ? AND state IN ('PENDING', 'PROCESSING')`
@@ -108,10 +118,10 @@ SELECT id FROM {p}outbox WHERE publisher = ? AND state = ? AND updated_at < ? LI
 	qDeleteInbox = `DELETE FROM {p}inbox WHERE id IN (
 SELECT id FROM {p}inbox WHERE consumer = ? AND state = ? AND updated_at < ? LIMIT ?)`
 
-	qInsertInbox = `INSERT INTO {p}inbox (consumer, event_id, handler, event_name, publisher, state, message, due_at, last_error, created_at, updated_at)
-VALUES (?, ?, ?, ?, ?, ?, ?, ?, NULLIF(?, ''), ?, ?) ON CONFLICT (consumer, event_id, handler) DO NOTHING`
-	qReplayInbox = `INSERT INTO {p}inbox (consumer, event_id, handler, event_name, publisher, state, message, due_at, last_error, created_at, updated_at, replay)
-VALUES (?, ?, ?, ?, ?, ?, ?, ?, NULLIF(?, ''), ?, ?, 1) ON CONFLICT (consumer, event_id, handler) DO UPDATE SET
+	qInsertInbox = `INSERT INTO {p}inbox (consumer, event_id, handler, event_name, publisher, state, message, attempts, due_at, last_error, created_at, updated_at)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, NULLIF(?, ''), ?, ?) ON CONFLICT (consumer, event_id, handler) DO NOTHING`
+	qReplayInbox = `INSERT INTO {p}inbox (consumer, event_id, handler, event_name, publisher, state, message, attempts, due_at, last_error, created_at, updated_at, replay)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, NULLIF(?, ''), ?, ?, 1) ON CONFLICT (consumer, event_id, handler) DO UPDATE SET
 state = 'PROCESSING', attempts = 0, due_at = excluded.due_at, message = excluded.message, last_error = NULL, replay = 1,
 updated_at = excluded.updated_at WHERE state <> 'PROCESSING'`
 	qInboxEventStates = `SELECT state, COALESCE(last_error, ''), replay FROM {p}inbox WHERE consumer = ? AND event_id = ?`
@@ -144,20 +154,18 @@ var allQueries = []string{
 	qOutboxCounts, qInboxCounts,
 }
 
-// InsertOutbox inserts PENDING rows.
+// InsertOutbox inserts PENDING rows and sets their IDs.
 func (s *Store) InsertOutbox(ctx context.Context, q Querier, rows ...OutboxRow) error {
-	for _, r := range rows {
-		res, err := q.ExecContext(ctx, s.q(qInsertOutbox), r.EventID, r.EventName, r.Publisher, r.Message, r.DueAt, len(r.Groups), r.Now, r.Now)
+	for i, r := range rows {
+		res, err := q.ExecContext(ctx, s.q(qInsertOutbox), r.EventID, r.EventName, r.Publisher, r.Message, r.Sends, r.DueAt, len(r.Groups), r.Now, r.Now)
 		if err != nil {
 			return fmt.Errorf("insert outbox row: %w", Classify(err))
-		}
-		if len(r.Groups) == 0 {
-			continue
 		}
 		id, err := res.LastInsertId()
 		if err != nil {
 			return err
 		}
+		rows[i].ID = id
 		for _, g := range r.Groups {
 			if _, err := q.ExecContext(ctx, s.q(qInsertDelivery), id, g, r.GroupsDueAt, r.Now); err != nil {
 				return fmt.Errorf("insert delivery row: %w", Classify(err))
@@ -284,15 +292,41 @@ func (s *Store) ReplayInbox(ctx context.Context, q Querier, rows ...InboxRow) (i
 func (s *Store) insertInbox(ctx context.Context, q Querier, query string, rows []InboxRow) (int, error) {
 	added := 0
 	for _, r := range rows {
-		res, err := q.ExecContext(ctx, s.q(query), r.Consumer, r.EventID, r.Handler, r.EventName, r.Publisher, r.State,
-			r.Message, r.Now, r.LastError, r.Now, r.Now)
+		_, ok, err := s.insertInboxRow(ctx, q, query, r)
 		if err != nil {
-			return added, fmt.Errorf("insert inbox row: %w", Classify(err))
+			return added, err
 		}
-		n, _ := res.RowsAffected()
-		added += int(n)
+		if ok {
+			added++
+		}
 	}
 	return added, nil
+}
+
+// InsertInboxID inserts one row unless it exists and returns its id, 0
+// when it existed.
+func (s *Store) InsertInboxID(ctx context.Context, q Querier, r InboxRow) (int64, error) {
+	id, _, err := s.insertInboxRow(ctx, q, qInsertInbox, r)
+	return id, err
+}
+
+// insertInboxRow runs query (an insert or a replay upsert) for r and
+// reports whether it wrote, and the id of a row it inserted.
+func (s *Store) insertInboxRow(ctx context.Context, q Querier, query string, r InboxRow) (int64, bool, error) {
+	due := r.DueAt
+	if due == 0 {
+		due = r.Now
+	}
+	res, err := q.ExecContext(ctx, s.q(query), r.Consumer, r.EventID, r.Handler, r.EventName, r.Publisher, r.State,
+		r.Message, r.Attempts, due, r.LastError, r.Now, r.Now)
+	if err != nil {
+		return 0, false, fmt.Errorf("insert inbox row: %w", Classify(err))
+	}
+	if n, _ := res.RowsAffected(); n == 0 {
+		return 0, false, nil
+	}
+	id, err := res.LastInsertId()
+	return id, true, err
 }
 
 // EventStatus sums up the inbox entries of one event.
