@@ -31,8 +31,11 @@ var ErrClosed = errors.New("mempubsub: closed")
 
 // Defaults of the options.
 const (
-	DefaultQueueSize   = 1024
-	DefaultMaxInFlight = 64
+	DefaultQueueSize = 1024
+	// DefaultMaxInFlight is large because a bus returns from fn once the
+	// message is on disk, and stores what arrives meanwhile in one commit:
+	// the calls in flight bound how many messages one fsync serves.
+	DefaultMaxInFlight = 256
 )
 
 type options struct {

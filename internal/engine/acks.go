@@ -96,8 +96,30 @@ func (e *Engine) receiveAcks(ctx context.Context, msg []byte) error {
 	}
 	now := e.nowMS()
 	next := now + e.cfg.PendingDelay.Milliseconds()
+	// COMPLETED acks, the bulk of them, are applied together.
+	var completed [2][]string // by replay
+	for _, a := range b.Acks {
+		if a.Status == wire.AckCompleted {
+			i := 0
+			if a.Replay {
+				i = 1
+			}
+			completed[i] = append(completed[i], a.EventID)
+		}
+	}
 	return e.w.Do(ctx, func(ctx context.Context, q store.Querier) error {
+		for i, ids := range completed {
+			if len(ids) == 0 {
+				continue
+			}
+			if err := e.st.CompleteMany(ctx, q, e.cfg.Name, b.Group, i == 1, ids, now); err != nil {
+				return err
+			}
+		}
 		for _, a := range b.Acks {
+			if a.Status == wire.AckCompleted {
+				continue
+			}
 			ack := store.Ack{EventID: a.EventID, Status: storeStatus[a.Status], Group: b.Group, Error: a.Error, Replay: a.Replay}
 			if _, err := e.st.ApplyAck(ctx, q, e.cfg.Name, ack, next, now); err != nil {
 				return err

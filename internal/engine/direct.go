@@ -94,8 +94,8 @@ func (d *directRuns) hold(ctx context.Context, id string) (release func(), err e
 // tryDirect runs the event directly when it can and reports whether it
 // did; otherwise the caller stores it for the workers.
 func (e *Engine) tryDirect(ctx context.Context, env *wire.Envelope, msg []byte, hs []Handler) (bool, error) {
-	if env.Replay || len(hs) != 1 || !e.workers.takeSlot() {
-		return false, nil
+	if env.Replay || len(hs) != 1 || e.isClosed() || !e.workers.takeSlot() {
+		return false, nil // a closing bus stores what still arrives, for the next start
 	}
 	slot := true
 	release := func() {

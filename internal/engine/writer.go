@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"sync"
+	"time"
 
 	"github.com/durabus/durabus/internal/store"
 )
@@ -79,6 +80,9 @@ func (w *writer) loop() {
 	defer close(w.done)
 	defer w.conn.close()
 	batch := make([]*op, 0, maxBatch)
+	linger := time.NewTimer(time.Hour)
+	linger.Stop()
+	last := 1 // size of the previous batch: the load
 	for {
 		batch = batch[:0]
 		select {
@@ -103,9 +107,30 @@ func (w *writer) loop() {
 				break fill
 			}
 		}
+		// Under load, the callers of the previous batch come back a moment
+		// after its commit: wait a little for them, so that one commit (one
+		// fsync) serves them all again. An idle writer does not wait.
+		if len(batch) < last {
+			linger.Reset(maxLinger)
+		wait:
+			for len(batch) < last {
+				select {
+				case o := <-w.ops:
+					batch = append(batch, o)
+				case <-linger.C:
+					break wait
+				}
+			}
+			linger.Stop()
+		}
+		last = len(batch)
 		w.run(batch)
 	}
 }
+
+// maxLinger bounds how long a loaded writer waits to fill a batch; it is
+// well under the time of the commit that it saves.
+const maxLinger = 500 * time.Microsecond
 
 // run executes a batch in one transaction and answers every caller. When
 // an operation fails, the transaction is rolled back and each operation runs

@@ -94,8 +94,8 @@ const (
 	qInsertOutbox = `INSERT INTO {p}outbox (event_id, event_name, publisher, state, message, sends, due_at, tracked, created_at, updated_at)
 VALUES (?, ?, ?, 'PENDING', ?, ?, ?, ?, ?, ?)`
 	qDueOutbox = `SELECT id, event_id, event_name, state, sends, tracked, message FROM {p}outbox
-WHERE publisher = ? AND state IN ('PENDING', 'PROCESSING') AND due_at <= ? ORDER BY due_at LIMIT ?`
-	qNextOutboxDue = `SELECT MIN(due_at) FROM {p}outbox WHERE publisher = ? AND state IN ('PENDING', 'PROCESSING')`
+WHERE publisher = ? AND state IN ('PENDING', 'PROCESSING') AND due_at < 9223372036854775807 AND due_at <= ? ORDER BY due_at LIMIT ?`
+	qNextOutboxDue = `SELECT MIN(due_at) FROM {p}outbox WHERE publisher = ? AND state IN ('PENDING', 'PROCESSING') AND due_at < 9223372036854775807`
 	qSent          = `UPDATE {p}outbox SET sends = ?, due_at = ?, updated_at = ? WHERE id = ?`
 	qOutboxDead    = `UPDATE {p}outbox SET state = 'DEAD', last_error = ?, dead_by = ?, updated_at = ? WHERE id = ?`
 	qAckTarget     = `SELECT id, tracked FROM {p}outbox WHERE publisher = ? AND event_id = ?`
@@ -113,10 +113,16 @@ SELECT id FROM {p}outbox WHERE publisher = ? AND state IN ('PENDING', 'PROCESSIN
 SELECT id FROM {p}outbox WHERE publisher = ? AND state = 'DEAD' AND dead_by IS NULL AND id > ? ORDER BY id LIMIT ?) RETURNING id`
 	qRecallDeadInbox = `UPDATE {p}inbox SET state = 'PROCESSING', attempts = 0, due_at = ?, updated_at = ? WHERE id IN (
 SELECT id FROM {p}inbox WHERE consumer = ? AND state = 'DEAD' AND handler <> '' AND id > ? ORDER BY id LIMIT ?) RETURNING id`
+	// A row is updated after it is created: the created index narrows the
+	// search for old COMPLETED rows; DEAD rows have an index of their own.
 	qDeleteOutbox = `DELETE FROM {p}outbox WHERE id IN (
-SELECT id FROM {p}outbox WHERE publisher = ? AND state = ? AND updated_at < ? LIMIT ?)`
+SELECT id FROM {p}outbox WHERE created_at < ?3 AND publisher = ?1 AND state = ?2 AND updated_at < ?3 LIMIT ?4)`
+	qDeleteOutboxDead = `DELETE FROM {p}outbox WHERE id IN (
+SELECT id FROM {p}outbox WHERE publisher = ?1 AND state = 'DEAD' AND ?2 = 'DEAD' AND updated_at < ?3 LIMIT ?4)`
 	qDeleteInbox = `DELETE FROM {p}inbox WHERE id IN (
-SELECT id FROM {p}inbox WHERE consumer = ? AND state = ? AND updated_at < ? LIMIT ?)`
+SELECT id FROM {p}inbox WHERE created_at < ?3 AND consumer = ?1 AND state = ?2 AND updated_at < ?3 LIMIT ?4)`
+	qDeleteInboxDead = `DELETE FROM {p}inbox WHERE id IN (
+SELECT id FROM {p}inbox WHERE consumer = ?1 AND state = 'DEAD' AND ?2 = 'DEAD' AND updated_at < ?3 LIMIT ?4)`
 
 	qInsertInbox = `INSERT INTO {p}inbox (consumer, event_id, handler, event_name, publisher, state, message, attempts, due_at, last_error, created_at, updated_at)
 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, NULLIF(?, ''), ?, ?) ON CONFLICT (consumer, event_id, handler) DO NOTHING`
@@ -149,9 +155,10 @@ var allQueries = []string{
 	qDueDeliveries, qDeliverySent, qDeliveryUndelivered, qUpsertGroup, qLoadGroups, qForgetGroup, qDropDeliveries,
 	qAddCounter, qCounter, qRecallDeliveries, qRecallDeadDeliveries, qReplayDeliveries, qReplayRows, qReplayMark, qGroupCounts, qUntrack, qMetaGet, qMetaSet,
 	qInsertOutbox, qDueOutbox, qNextOutboxDue, qSent, qOutboxDead, qAckTarget, qAckReceived, qAckCompleted, qAckDead,
-	qCompleteOutbox, qRecallOutgoing, qRecallDeadOutbox, qRecallDeadInbox, qDeleteOutbox, qDeleteInbox,
+	qCompleteOutbox, qRecallOutgoing, qRecallDeadOutbox, qRecallDeadInbox, qDeleteOutbox, qDeleteOutboxDead, qDeleteInbox, qDeleteInboxDead,
 	qInsertInbox, qReplayInbox, qInboxEventStates, qClaimInbox, qNextInboxDue, qInboxComplete, qInboxRetry, qInboxDead, qInboxPostpone, qInboxWake, qInboxRenew,
 	qOutboxCounts, qInboxCounts,
+	qCompleteDeliveries, qCompleteTracked, qCompleteUntracked,
 }
 
 // InsertOutbox inserts PENDING rows and sets their IDs.
@@ -485,10 +492,10 @@ func (s *Store) Recall(ctx context.Context, q Querier, kind int, name string, af
 // Delete removes up to limit rows in state that were last updated before
 // before, from the outbox of publisher or the inbox of consumer.
 func (s *Store) Delete(ctx context.Context, q Querier, inbox bool, name, state string, before int64, limit int) (int, error) {
-	query := qDeleteOutbox
-	if inbox {
-		query = qDeleteInbox
-	}
+	query := map[[2]bool]string{
+		{false, false}: qDeleteOutbox, {false, true}: qDeleteOutboxDead,
+		{true, false}: qDeleteInbox, {true, true}: qDeleteInboxDead,
+	}[[2]bool{inbox, state == Dead}]
 	res, err := q.ExecContext(ctx, s.q(query), name, state, before, limit)
 	if err != nil {
 		return 0, Classify(err)

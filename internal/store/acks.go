@@ -1,0 +1,87 @@
+package store
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+)
+
+// Completed acks arrive in batches (one ack message holds up to a few
+// hundred); CompleteMany applies a batch with a few set-based statements
+// instead of a lookup, an update and an aggregate per ack.
+
+const (
+	// The deliveries of the group, for the batch's events that track groups.
+	qCompleteDeliveries = `UPDATE {p}deliveries SET state = 'COMPLETED', replay = 0, last_error = NULL, updated_at = ?
+WHERE group_name = ? AND state <> 'COMPLETED' AND (replay = 0 OR ?)
+AND outbox_id IN (SELECT o.id FROM json_each(?) AS j CROSS JOIN {p}outbox AS o ON o.event_id = j.value WHERE o.publisher = ?)
+RETURNING outbox_id`
+	// The rows whose every delivery is now COMPLETED.
+	qCompleteTracked = `UPDATE {p}outbox SET state = 'COMPLETED', last_error = NULL, dead_by = NULL, updated_at = ?
+WHERE id IN (SELECT value FROM json_each(?)) AND state <> 'COMPLETED'
+AND NOT EXISTS (SELECT 1 FROM {p}deliveries d WHERE d.outbox_id = {p}outbox.id AND d.state <> 'COMPLETED')
+RETURNING id`
+	// Rows without groups: the first consumer's acks decide.
+	qCompleteUntracked = `UPDATE {p}outbox SET state = 'COMPLETED', last_error = NULL, dead_by = NULL, updated_at = ?
+WHERE id IN (SELECT o.id FROM json_each(?) AS j CROSS JOIN {p}outbox AS o ON o.event_id = j.value
+WHERE o.publisher = ? AND o.tracked = 0 AND o.state <> 'COMPLETED')`
+)
+
+// CompleteMany applies the COMPLETED acks of group for the events eventIDs
+// of publisher, as ApplyAck would one by one. replay says whether the acks
+// are about replayed runs.
+func (s *Store) CompleteMany(ctx context.Context, q Querier, publisher, group string, replay bool, eventIDs []string, now int64) error {
+	list, err := json.Marshal(eventIDs)
+	if err != nil {
+		return err
+	}
+	if _, err := q.ExecContext(ctx, s.q(qCompleteUntracked), now, string(list), publisher); err != nil {
+		return fmt.Errorf("complete acknowledged rows: %w", Classify(err))
+	}
+	moved, err := s.ids(ctx, q, qCompleteDeliveries, now, group, replay, string(list), publisher)
+	if err != nil || len(moved) == 0 {
+		return err
+	}
+	movedList, err := json.Marshal(moved)
+	if err != nil {
+		return err
+	}
+	done, err := s.ids(ctx, q, qCompleteTracked, now, string(movedList))
+	if err != nil {
+		return err
+	}
+	if len(done) == len(moved) {
+		return nil
+	}
+	// Rows with other groups still at work: sum their deliveries up.
+	finished := make(map[int64]bool, len(done))
+	for _, id := range done {
+		finished[id] = true
+	}
+	for _, id := range moved {
+		if !finished[id] {
+			if err := s.Aggregate(ctx, q, id, now); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+// ids runs a statement that returns one integer column.
+func (s *Store) ids(ctx context.Context, q Querier, query string, args ...any) ([]int64, error) {
+	rows, err := q.QueryContext(ctx, s.q(query), args...)
+	if err != nil {
+		return nil, Classify(err)
+	}
+	defer rows.Close()
+	var out []int64
+	for rows.Next() {
+		var id int64
+		if err := rows.Scan(&id); err != nil {
+			return nil, err
+		}
+		out = append(out, id)
+	}
+	return out, Classify(rows.Err())
+}
