@@ -137,9 +137,15 @@ type deliveryRow struct {
 
 // deliveries returns the delivery rows of a publisher's file, by event ID
 // then group.
+// An event that has no delivery rows yet keeps its expected groups on the
+// outbox row; they count as deliveries in the row's state.
 func deliveries(db *sql.DB, where string, args ...any) ([]deliveryRow, error) {
-	rows, err := db.Query(`SELECT o.event_id, d.group_name, d.state, d.sends, d.replay, d.undelivered, COALESCE(d.last_error, '')
-FROM durabus_deliveries d JOIN durabus_outbox o ON o.id = d.outbox_id WHERE `+where+` ORDER BY o.id, d.group_name`, args...)
+	rows, err := db.Query(`SELECT o.event_id, d.group_name, d.state, d.sends, d.replay, d.undelivered, d.last_error
+FROM (SELECT outbox_id, group_name, state, sends, replay, undelivered, COALESCE(last_error, '') AS last_error FROM durabus_deliveries
+UNION ALL
+SELECT e.id, j.value, CASE e.state WHEN 'COMPLETED' THEN 'COMPLETED' WHEN 'DEAD' THEN 'DEAD' ELSE 'PENDING' END, 0, 0, 0, ''
+FROM durabus_outbox e, json_each(e.expected) j WHERE e.expected IS NOT NULL) d
+JOIN durabus_outbox o ON o.id = d.outbox_id WHERE `+where+` ORDER BY o.id, d.group_name`, args...)
 	if err != nil {
 		return nil, err
 	}

@@ -89,7 +89,7 @@ type Config struct {
 const never = store.Never
 
 const (
-	relayBatch = 256
+	relayBatch = 1024
 	deadKeep   = 64 << 10 // raw bytes kept for a message that could not be stored as an event
 )
 
@@ -324,12 +324,12 @@ func (e *Engine) Publish(ctx context.Context, rows ...store.OutboxRow) error {
 	return err
 }
 
-// firstResend is when a row sent right after its commit is due again: never
-// for a row that tracks groups (re-sends go to each group), otherwise as
-// after any first send.
+// firstResend is when a row sent right after its commit is due again. For
+// a row that tracks groups that is when it gets delivery rows, unless its
+// groups completed it before.
 func (e *Engine) firstResend(r store.OutboxRow) int64 {
 	if len(r.Groups) > 0 {
-		return never
+		return r.GroupsDueAt
 	}
 	return e.nextSend(store.Pending, 1, r.Now)
 }

@@ -149,26 +149,40 @@ func (e *Engine) relayOnce(ctx context.Context) (int, error) {
 			return err
 		}
 		claimed = len(rows)
+		byDue := map[int64][]int64{} // ids by their next due time
+		var lazy []int64
 		for _, r := range rows {
-			if r.Tracked > 0 {
-				// Sent once to the event's channel; re-sends are per group.
-				if err := e.st.Sent(ctx, q, r.ID, r.Sends+1, never, now); err != nil {
-					return err
-				}
-				due = append(due, r)
+			var next int64
+			switch {
+			case r.Lazy && r.Sends > 0:
+				// Its first re-send is due: from now on it is re-sent per
+				// group, through delivery rows.
+				lazy = append(lazy, r.ID)
 				continue
-			}
-			if r.State == store.Pending && r.Sends > e.cfg.MaxRetries {
+			case r.Lazy:
+				// Never sent (the handoff was full, or a send failed).
+				next = now + e.cfg.PendingDelay.Milliseconds()
+			case r.Tracked > 0:
+				next = never // re-sends are per group
+			case r.State == store.Pending && r.Sends > e.cfg.MaxRetries:
 				reason := fmt.Sprintf("undelivered: no subscriber acknowledged it after %d sends", r.Sends)
 				if err := e.st.OutboxDead(ctx, q, r.ID, reason, "", now); err != nil {
 					return err
 				}
 				continue
+			default:
+				next = e.nextSend(r.State, r.Sends+1, now)
 			}
-			if err := e.st.Sent(ctx, q, r.ID, r.Sends+1, e.nextSend(r.State, r.Sends+1, now), now); err != nil {
+			byDue[next] = append(byDue[next], r.ID)
+			due = append(due, r)
+		}
+		if err := e.st.Materialize(ctx, q, lazy, now); err != nil {
+			return err
+		}
+		for next, ids := range byDue {
+			if err := e.st.SentMany(ctx, q, ids, 1, next, now); err != nil {
 				return err
 			}
-			due = append(due, r)
 		}
 		return nil
 	})
@@ -225,13 +239,12 @@ func (e *Engine) send(ctx context.Context, rows []store.OutboxSend) error {
 // short pause: a broker outage does not spend their retries.
 func (e *Engine) unclaim(rows []store.OutboxSend, now int64) {
 	due := now + min(e.cfg.PollInterval, time.Second).Milliseconds()
+	ids := make([]int64, len(rows))
+	for i, r := range rows {
+		ids[i] = r.ID
+	}
 	err := e.w.Do(context.Background(), func(ctx context.Context, q store.Querier) error {
-		for _, r := range rows {
-			if err := e.st.Sent(ctx, q, r.ID, r.Sends, due, now); err != nil {
-				return err
-			}
-		}
-		return nil
+		return e.st.SentMany(ctx, q, ids, -1, due, now)
 	})
 	if err != nil {
 		// The rows are due after PendingDelay anyway.

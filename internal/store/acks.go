@@ -11,6 +11,13 @@ import (
 // instead of a lookup, an update and an aggregate per ack.
 
 const (
+	// Rows whose one expected group is this one, without delivery rows.
+	qCompleteLazy = `UPDATE {p}outbox SET state = 'COMPLETED', last_error = NULL, dead_by = NULL, updated_at = ?
+WHERE id IN (SELECT o.id FROM json_each(?) AS j CROSS JOIN {p}outbox AS o ON o.event_id = j.value
+WHERE o.publisher = ? AND o.expected IS NOT NULL AND o.tracked = 1 AND o.expected ->> '$[0]' = ? AND o.state <> 'COMPLETED')`
+	// Other rows without delivery rows: they need them now.
+	qLazyAcked = `SELECT o.id FROM json_each(?) AS j CROSS JOIN {p}outbox AS o ON o.event_id = j.value
+WHERE o.publisher = ? AND o.expected IS NOT NULL AND o.state <> 'COMPLETED'`
 	// The deliveries of the group, for the batch's events that track groups.
 	qCompleteDeliveries = `UPDATE {p}deliveries SET state = 'COMPLETED', replay = 0, last_error = NULL, updated_at = ?
 WHERE group_name = ? AND state <> 'COMPLETED' AND (replay = 0 OR ?)
@@ -37,6 +44,18 @@ func (s *Store) CompleteMany(ctx context.Context, q Querier, publisher, group st
 	}
 	if _, err := q.ExecContext(ctx, s.q(qCompleteUntracked), now, string(list), publisher); err != nil {
 		return fmt.Errorf("complete acknowledged rows: %w", Classify(err))
+	}
+	if !replay { // a replay has delivery rows
+		if _, err := q.ExecContext(ctx, s.q(qCompleteLazy), now, string(list), publisher, group); err != nil {
+			return fmt.Errorf("complete acknowledged rows: %w", Classify(err))
+		}
+	}
+	lazy, err := s.ids(ctx, q, qLazyAcked, string(list), publisher)
+	if err != nil {
+		return err
+	}
+	if err := s.Materialize(ctx, q, lazy, now); err != nil {
+		return err
 	}
 	moved, err := s.ids(ctx, q, qCompleteDeliveries, now, group, replay, string(list), publisher)
 	if err != nil || len(moved) == 0 {

@@ -20,8 +20,18 @@ const (
 )
 
 const (
-	qInsertDelivery = `INSERT INTO {p}deliveries (outbox_id, group_name, state, due_at, updated_at) VALUES (?, ?, 'PENDING', ?, ?)
+	// Delivery rows for the expected groups, in the state of the row, due
+	// when the row's re-send was due; then the row waits for its groups.
+	qMaterialize = `INSERT INTO {p}deliveries (outbox_id, group_name, state, due_at, updated_at)
+SELECT o.id, j.value, CASE o.state WHEN 'COMPLETED' THEN 'COMPLETED' WHEN 'DEAD' THEN 'DEAD' ELSE 'PENDING' END, o.due_at, ?
+FROM {p}outbox o, json_each(o.expected) j
+WHERE o.id IN (SELECT value FROM json_each(?)) AND o.expected IS NOT NULL
 ON CONFLICT (outbox_id, group_name) DO NOTHING`
+	qMaterialized = `UPDATE {p}outbox SET expected = NULL,
+due_at = CASE WHEN state IN ('PENDING', 'PROCESSING') THEN 9223372036854775807 ELSE due_at END
+WHERE id IN (SELECT value FROM json_each(?)) AND expected IS NOT NULL`
+	qLazyOf = `SELECT id FROM {p}outbox WHERE publisher = ? AND expected IS NOT NULL AND state IN ('PENDING', 'PROCESSING')
+AND EXISTS (SELECT 1 FROM json_each(expected) WHERE value = ?)`
 	qTracked   = `SELECT tracked FROM {p}outbox WHERE id = ?`
 	qTrackedID = `SELECT id FROM {p}outbox WHERE publisher = ? AND event_id = ? AND tracked > 0`
 	// While a delivery is a replay, only acks about the replayed run count.
@@ -59,11 +69,14 @@ AND (? = '' OR event_name IN (SELECT value FROM json_each(?))) ORDER BY id LIMIT
 	qReplayDeliveries = `INSERT INTO {p}deliveries (outbox_id, group_name, state, sends, due_at, replay, updated_at) VALUES (?, ?, 'PENDING', 0, ?, 1, ?)
 ON CONFLICT (outbox_id, group_name) DO UPDATE SET state = 'PENDING', sends = 0, due_at = excluded.due_at, replay = 1,
 undelivered = 0, last_error = NULL, updated_at = excluded.updated_at`
-	qUntrack = `UPDATE {p}outbox SET tracked = 0 WHERE id IN (SELECT value FROM json_each(?))
+	qUntrack = `UPDATE {p}outbox SET tracked = 0 WHERE id IN (SELECT value FROM json_each(?)) AND expected IS NULL
 AND NOT EXISTS (SELECT 1 FROM {p}deliveries d WHERE d.outbox_id = {p}outbox.id)`
 	qReplayMark  = `UPDATE {p}outbox SET tracked = MAX(tracked, 1), due_at = ? WHERE id = ?`
 	qGroupCounts = `SELECT d.group_name, d.state, COUNT(*) FROM {p}deliveries d JOIN {p}outbox o ON o.id = d.outbox_id
-WHERE o.publisher = ? GROUP BY d.group_name, d.state`
+WHERE o.publisher = ?1 GROUP BY d.group_name, d.state
+UNION ALL
+SELECT j.value, CASE o.state WHEN 'COMPLETED' THEN 'COMPLETED' WHEN 'DEAD' THEN 'DEAD' ELSE 'PENDING' END, COUNT(*)
+FROM {p}outbox o, json_each(o.expected) j WHERE o.publisher = ?1 AND o.expected IS NOT NULL GROUP BY 1, 2`
 )
 
 // applyGroupAck applies an ack to the delivery row of its group, for outbox
@@ -134,6 +147,24 @@ func (s *Store) Aggregate(ctx context.Context, q Querier, id, now int64) error {
 		state, le = Dead, "undelivered: every group expected to handle it was forgotten (GroupTTL)"
 	}
 	_, err = q.ExecContext(ctx, s.q(qSetOutboxState), state, le, db, now, id, state)
+	return Classify(err)
+}
+
+// Materialize gives the rows ids that still keep their expected groups on
+// the row a delivery row per group; from then on the rows wait for their
+// groups, re-sent per group.
+func (s *Store) Materialize(ctx context.Context, q Querier, ids []int64, now int64) error {
+	if len(ids) == 0 {
+		return nil
+	}
+	list, err := json.Marshal(ids)
+	if err != nil {
+		return err
+	}
+	if _, err := q.ExecContext(ctx, s.q(qMaterialize), now, string(list)); err != nil {
+		return fmt.Errorf("write delivery rows: %w", Classify(err))
+	}
+	_, err = q.ExecContext(ctx, s.q(qMaterialized), string(list))
 	return Classify(err)
 }
 
@@ -215,6 +246,13 @@ func (s *Store) LoadGroups(ctx context.Context, q Querier, publisher string) ([]
 // ForgetGroup deletes a group and its unfinished deliveries, updates the
 // affected outbox rows and returns how many deliveries it dropped.
 func (s *Store) ForgetGroup(ctx context.Context, q Querier, publisher, group string, now int64) (int, error) {
+	lazy, err := s.ids(ctx, q, qLazyOf, publisher, group)
+	if err != nil {
+		return 0, err
+	}
+	if err := s.Materialize(ctx, q, lazy, now); err != nil {
+		return 0, err
+	}
 	if _, err := q.ExecContext(ctx, s.q(qForgetGroup), publisher, group); err != nil {
 		return 0, Classify(err)
 	}
@@ -263,6 +301,9 @@ func (s *Store) recallDeliveries(ctx context.Context, q Querier, kind int, ids [
 	query := qRecallDeliveries
 	if kind == RecallDeadOutbox {
 		query = qRecallDeadDeliveries
+	}
+	if err := s.Materialize(ctx, q, ids, now); err != nil {
+		return err
 	}
 	list, _ := json.Marshal(ids)
 	if _, err := q.ExecContext(ctx, s.q(query), now, now, string(list)); err != nil {
@@ -317,6 +358,13 @@ func (s *Store) Replay(ctx context.Context, q Querier, publisher string, f Repla
 	}
 	rows.Close()
 	if err := rows.Err(); err != nil {
+		return 0, 0, 0, err
+	}
+	ids := make([]int64, len(found))
+	for i, r := range found {
+		ids[i] = r.id
+	}
+	if err := s.Materialize(ctx, q, ids, now); err != nil {
 		return 0, 0, 0, err
 	}
 	for _, r := range found {

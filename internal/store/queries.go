@@ -44,8 +44,9 @@ type OutboxRow struct {
 	Sends int
 	DueAt int64
 	Now   int64
-	// Groups are the consumer groups expected to handle the event; each gets
-	// a delivery row, first due (for a re-send) at GroupsDueAt.
+	// Groups are the consumer groups expected to handle the event. They are
+	// kept on the row (expected) until it needs delivery rows; its first
+	// re-send is due at GroupsDueAt.
 	Groups      []string
 	GroupsDueAt int64
 }
@@ -58,6 +59,7 @@ type OutboxSend struct {
 	State     string
 	Sends     int
 	Tracked   int
+	Lazy      bool // tracks groups and has no delivery rows yet
 	Message   []byte
 }
 
@@ -91,14 +93,14 @@ type InboxRun struct {
 }
 
 const (
-	qInsertOutbox = `INSERT INTO {p}outbox (event_id, event_name, publisher, state, message, sends, due_at, tracked, created_at, updated_at)
-VALUES (?, ?, ?, 'PENDING', ?, ?, ?, ?, ?, ?)`
-	qDueOutbox = `SELECT id, event_id, event_name, state, sends, tracked, message FROM {p}outbox
+	qInsertOutbox = `INSERT INTO {p}outbox (event_id, event_name, publisher, state, message, sends, due_at, tracked, expected, created_at, updated_at)
+VALUES (?, ?, ?, 'PENDING', ?, ?, ?, ?, ?, ?, ?)`
+	qDueOutbox = `SELECT id, event_id, event_name, state, sends, tracked, expected IS NOT NULL, message FROM {p}outbox
 WHERE publisher = ? AND state IN ('PENDING', 'PROCESSING') AND due_at < 9223372036854775807 AND due_at <= ? ORDER BY due_at LIMIT ?`
 	qNextOutboxDue = `SELECT MIN(due_at) FROM {p}outbox WHERE publisher = ? AND state IN ('PENDING', 'PROCESSING') AND due_at < 9223372036854775807`
-	qSent          = `UPDATE {p}outbox SET sends = ?, due_at = ?, updated_at = ? WHERE id = ?`
+	qSentMany      = `UPDATE {p}outbox SET sends = MAX(sends + ?, 0), due_at = ?, updated_at = ? WHERE id IN (SELECT value FROM json_each(?))`
 	qOutboxDead    = `UPDATE {p}outbox SET state = 'DEAD', last_error = ?, dead_by = ?, updated_at = ? WHERE id = ?`
-	qAckTarget     = `SELECT id, tracked FROM {p}outbox WHERE publisher = ? AND event_id = ?`
+	qAckTarget     = `SELECT id, tracked, expected IS NOT NULL FROM {p}outbox WHERE publisher = ? AND event_id = ?`
 	qAckReceived   = `UPDATE {p}outbox SET state = 'PROCESSING', sends = 0, due_at = ?, updated_at = ?
 WHERE id = ? AND state = 'PENDING'`
 	qAckCompleted = `UPDATE {p}outbox SET state = 'COMPLETED', last_error = NULL, dead_by = NULL, updated_at = ?
@@ -151,32 +153,34 @@ FROM {p}inbox WHERE consumer = ? GROUP BY event_name, handler, state`
 )
 
 var allQueries = []string{
-	qInsertDelivery, qTracked, qDeliveryReceived, qDeliveryCompleted, qDeliveryDead, qDeliveryCounts, qSetOutboxState,
+	qMaterialize, qMaterialized, qLazyOf, qTracked, qDeliveryReceived, qDeliveryCompleted, qDeliveryDead, qDeliveryCounts, qSetOutboxState,
 	qDueDeliveries, qDeliverySent, qDeliveryUndelivered, qUpsertGroup, qLoadGroups, qForgetGroup, qDropDeliveries,
 	qAddCounter, qCounter, qRecallDeliveries, qRecallDeadDeliveries, qReplayDeliveries, qReplayRows, qReplayMark, qGroupCounts, qUntrack, qMetaGet, qMetaSet,
-	qInsertOutbox, qDueOutbox, qNextOutboxDue, qSent, qOutboxDead, qAckTarget, qAckReceived, qAckCompleted, qAckDead,
+	qInsertOutbox, qDueOutbox, qNextOutboxDue, qSentMany, qOutboxDead, qAckTarget, qAckReceived, qAckCompleted, qAckDead,
 	qCompleteOutbox, qRecallOutgoing, qRecallDeadOutbox, qRecallDeadInbox, qDeleteOutbox, qDeleteOutboxDead, qDeleteInbox, qDeleteInboxDead,
 	qInsertInbox, qReplayInbox, qInboxEventStates, qClaimInbox, qNextInboxDue, qInboxComplete, qInboxRetry, qInboxDead, qInboxPostpone, qInboxWake, qInboxRenew,
 	qOutboxCounts, qInboxCounts,
-	qCompleteDeliveries, qCompleteTracked, qCompleteUntracked,
+	qCompleteLazy, qLazyAcked, qCompleteDeliveries, qCompleteTracked, qCompleteUntracked,
 }
 
 // InsertOutbox inserts PENDING rows and sets their IDs.
 func (s *Store) InsertOutbox(ctx context.Context, q Querier, rows ...OutboxRow) error {
 	for i, r := range rows {
-		res, err := q.ExecContext(ctx, s.q(qInsertOutbox), r.EventID, r.EventName, r.Publisher, r.Message, r.Sends, r.DueAt, len(r.Groups), r.Now, r.Now)
+		var expected any
+		if len(r.Groups) > 0 {
+			b, err := json.Marshal(r.Groups)
+			if err != nil {
+				return err
+			}
+			expected = string(b)
+		}
+		res, err := q.ExecContext(ctx, s.q(qInsertOutbox), r.EventID, r.EventName, r.Publisher, r.Message, r.Sends, r.DueAt,
+			len(r.Groups), expected, r.Now, r.Now)
 		if err != nil {
 			return fmt.Errorf("insert outbox row: %w", Classify(err))
 		}
-		id, err := res.LastInsertId()
-		if err != nil {
+		if rows[i].ID, err = res.LastInsertId(); err != nil {
 			return err
-		}
-		rows[i].ID = id
-		for _, g := range r.Groups {
-			if _, err := q.ExecContext(ctx, s.q(qInsertDelivery), id, g, r.GroupsDueAt, r.Now); err != nil {
-				return fmt.Errorf("insert delivery row: %w", Classify(err))
-			}
 		}
 	}
 	return nil
@@ -192,7 +196,7 @@ func (s *Store) DueOutbox(ctx context.Context, q Querier, publisher string, now 
 	var out []OutboxSend
 	for rows.Next() {
 		var r OutboxSend
-		if err := rows.Scan(&r.ID, &r.EventID, &r.EventName, &r.State, &r.Sends, &r.Tracked, &r.Message); err != nil {
+		if err := rows.Scan(&r.ID, &r.EventID, &r.EventName, &r.State, &r.Sends, &r.Tracked, &r.Lazy, &r.Message); err != nil {
 			return nil, err
 		}
 		out = append(out, r)
@@ -219,10 +223,14 @@ func nextDue(ctx context.Context, q Querier, query, name string) (int64, bool, e
 	return due.Int64, due.Valid, nil
 }
 
-// Sent records that an outbox row was (about to be) sent: its send count and
-// when it is due again.
-func (s *Store) Sent(ctx context.Context, q Querier, id int64, sends int, dueAt, now int64) error {
-	_, err := q.ExecContext(ctx, s.q(qSent), sends, dueAt, now, id)
+// SentMany adds delta to the send count of rows ids (1 when they are
+// sent, -1 when a send failed) and makes them due at dueAt.
+func (s *Store) SentMany(ctx context.Context, q Querier, ids []int64, delta int, dueAt, now int64) error {
+	list, err := json.Marshal(ids)
+	if err != nil {
+		return err
+	}
+	_, err = q.ExecContext(ctx, s.q(qSentMany), delta, dueAt, now, string(list))
 	return Classify(err)
 }
 
@@ -257,7 +265,8 @@ const Received = "RECEIVED"
 func (s *Store) ApplyAck(ctx context.Context, q Querier, publisher string, a Ack, nextDue, now int64) (bool, error) {
 	var id int64
 	var tracked int
-	err := q.QueryRowContext(ctx, s.q(qAckTarget), publisher, a.EventID).Scan(&id, &tracked)
+	var lazy bool
+	err := q.QueryRowContext(ctx, s.q(qAckTarget), publisher, a.EventID).Scan(&id, &tracked, &lazy)
 	if errors.Is(err, sql.ErrNoRows) {
 		return false, nil // not this publisher's, or deleted since
 	}
@@ -265,6 +274,11 @@ func (s *Store) ApplyAck(ctx context.Context, q Querier, publisher string, a Ack
 		return false, Classify(err)
 	}
 	if tracked > 0 {
+		if lazy {
+			if err := s.Materialize(ctx, q, []int64{id}, now); err != nil {
+				return false, err
+			}
+		}
 		return s.applyGroupAck(ctx, q, id, a, nextDue, now)
 	}
 	var res sql.Result

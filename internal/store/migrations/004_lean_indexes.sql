@@ -18,3 +18,10 @@ CREATE INDEX {p}outbox_dead ON {p}outbox (publisher, updated_at) WHERE state = '
 DROP INDEX {p}inbox_state;
 CREATE INDEX {p}inbox_created ON {p}inbox (created_at);
 CREATE INDEX {p}inbox_dead ON {p}inbox (consumer, updated_at) WHERE state = 'DEAD';
+
+-- expected: the groups (a JSON array) an event that tracks groups was
+-- published for, while it has no delivery rows yet. Delivery rows are
+-- written only when needed: a first re-send, an ack that does not finish
+-- the event, a replay. An event whose one group completes it in time never
+-- gets any.
+ALTER TABLE {p}outbox ADD COLUMN expected TEXT;
