@@ -118,6 +118,11 @@ func decodeEvent[E Event](msg []byte, attempt int) (Envelope[E], error) {
 	if err != nil {
 		return Envelope[E]{}, err
 	}
+	return typedEnvelope[E](env, attempt)
+}
+
+// typedEnvelope decodes the payload of a decoded envelope as an E.
+func typedEnvelope[E Event](env *wire.Envelope, attempt int) (Envelope[E], error) {
 	var payload E
 	if err := json.Unmarshal(env.Payload, &payload); err != nil {
 		return Envelope[E]{}, fmt.Errorf("decode payload of %q as %T: %w", env.EventName, payload, err)

@@ -50,13 +50,18 @@ func Handle[E Event, P, S Event](b *Bus[P, S], h func(ctx context.Context, env E
 	err = b.eng.AddHandler(engine.Handler{
 		EventName: name,
 		Name:      o.name,
-		Run: func(ctx context.Context, msg []byte, attempt int) (err error) {
+		Run: func(ctx context.Context, msg []byte, decoded *wire.Envelope, attempt int) (err error) {
 			defer func() {
 				if r := recover(); r != nil {
 					err = &PanicError{Value: r, Stack: debug.Stack()}
 				}
 			}()
-			env, err := decodeEvent[E](msg, attempt)
+			if decoded == nil {
+				if decoded, err = wire.Decode(msg); err != nil {
+					return Unrecoverable(err)
+				}
+			}
+			env, err := typedEnvelope[E](decoded, attempt)
 			if err != nil {
 				return Unrecoverable(err)
 			}

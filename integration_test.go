@@ -382,6 +382,15 @@ func (c *integCountingPubSub) PublishBatch(ctx context.Context, channels []strin
 	return err
 }
 
+// Subscribe counts failures too: a bus sends nothing until it hears acks.
+func (c *integCountingPubSub) Subscribe(ctx context.Context, channel string, fn func(context.Context, []byte) error) (func() error, error) {
+	unsub, err := c.PubSub.Subscribe(ctx, channel, fn)
+	if err != nil {
+		c.failures.Add(1)
+	}
+	return unsub, err
+}
+
 func (c *integCountingPubSub) count(n int, err error) {
 	if err != nil {
 		c.failures.Add(1)
@@ -417,13 +426,14 @@ func integQuick(c *durabus.Config) {
 	c.MaxRetries = 100 // the scenarios below test outages, not giving up
 }
 
-// integAssertHeld waits until A's relay failed to send several times, then
+// integAssertHeld waits until A failed to reach Redis several times (to
+// send, or to subscribe to its acks, which the relay waits for), then
 // checks that A's unfinished rows are all PENDING and that the failures did
 // not count as sends (so they spend none of the rows' retries).
 func integAssertHeld(t *testing.T, ctx context.Context, db *sql.DB, publisher string, ps *integCountingPubSub, pending, completed int) {
 	t.Helper()
 	require.Eventually(t, func() bool { return ps.failures.Load() >= 10 }, integWait, integTick,
-		"the relay should have tried, and failed, to send again and again")
+		"the bus should have tried, and failed, to reach Redis again and again")
 	states, err := integOutbox(ctx, db, publisher)
 	require.NoError(t, err)
 	want := map[string]int{"PENDING": pending}

@@ -43,6 +43,14 @@ type Claimer interface {
 	Claim(ctx context.Context, key, owner string, ttl time.Duration) (bool, error)
 }
 
+// BatchClaimer is an optional Claimer capability: claim many keys in one
+// round trip (a pipeline). A bus receiving many events at once uses it when
+// present; redispubsub implements it.
+type BatchClaimer interface {
+	// ClaimBatch is Claim for each of keys; held[i] answers keys[i].
+	ClaimBatch(ctx context.Context, keys []string, owner string, ttl time.Duration) (held []bool, err error)
+}
+
 // Publisher is the publishing half of a PubSub.
 type Publisher interface {
 	Publish(ctx context.Context, channel string, msg []byte) error

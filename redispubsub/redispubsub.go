@@ -178,6 +178,50 @@ func (p *PubSub) Claim(ctx context.Context, key, owner string, ttl time.Duration
 	return holder == owner, err
 }
 
+// ClaimBatch is Claim for many keys in two pipelined round trips: SET NX
+// PX for every key, then GET for those already taken.
+func (p *PubSub) ClaimBatch(ctx context.Context, keys []string, owner string, ttl time.Duration) ([]bool, error) {
+	if ttl < time.Millisecond {
+		return nil, fmt.Errorf("redispubsub: claim %d keys: ttl %v is below 1ms", len(keys), ttl)
+	}
+	if p.ctx.Err() != nil {
+		return nil, ErrClosed
+	}
+	sets := make([]*redis.BoolCmd, len(keys))
+	if _, err := p.client.Pipelined(ctx, func(pipe redis.Pipeliner) error {
+		for i, k := range keys {
+			sets[i] = pipe.SetNX(ctx, k, owner, ttl)
+		}
+		return nil
+	}); err != nil {
+		return nil, err
+	}
+	held := make([]bool, len(keys))
+	gets := make(map[int]*redis.StringCmd)
+	if _, err := p.client.Pipelined(ctx, func(pipe redis.Pipeliner) error {
+		for i, c := range sets {
+			if held[i] = c.Val(); !held[i] {
+				gets[i] = pipe.Get(ctx, keys[i])
+			}
+		}
+		return nil
+	}); err != nil && !errors.Is(err, redis.Nil) {
+		return nil, err
+	}
+	for i, c := range gets {
+		holder, err := c.Result()
+		switch {
+		case errors.Is(err, redis.Nil):
+			// expired in between: someone else may take it now
+		case err != nil:
+			return nil, err
+		default:
+			held[i] = holder == owner
+		}
+	}
+	return held, nil
+}
+
 // Close ends every subscription, waiting for the running fn calls to return,
 // and closes the subscriber connection, and the client if NewURL created it.
 // After Close, the other methods return ErrClosed. Close is idempotent.

@@ -94,6 +94,11 @@ func (e *Engine) receiveAcks(ctx context.Context, msg []byte) error {
 		e.log.Warn("durabus: ignored an invalid ack message", "err", err, "bytes", len(msg))
 		return nil
 	}
+	ids := make([]string, len(b.Acks))
+	for i, a := range b.Acks {
+		ids[i] = a.EventID
+	}
+	e.flow.done(ids...)
 	now := e.nowMS()
 	next := now + e.cfg.PendingDelay.Milliseconds()
 	// COMPLETED acks, the bulk of them, are applied together.

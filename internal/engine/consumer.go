@@ -39,6 +39,7 @@ func (e *Engine) AddHandler(h Handler) error {
 			e.subscribe(e.bg, e.statusChannel(e.cfg.Name), e.receiveStatus)
 			e.goBG(e.helloLoop)
 			e.goBG(e.direct.loop)
+			e.goBG(e.checkLoop)
 		})
 		wake(e.helloWake)
 	}
@@ -108,48 +109,25 @@ func (e *Engine) groupReceiver(ctx context.Context, msg []byte) error {
 	return e.store(ctx, env, msg)
 }
 
-// claim reports whether this bus should store the event: with a Claimer,
-// replicas of one group race for it under the id of their SQLite file, and
-// the holder wins (again, when it is sent again). A replay is claimed apart
-// from the first delivery. An event the bus already stored is always
-// answered. A claim that fails to reach the broker counts as won: a
-// duplicate is better than a loss.
-func (e *Engine) claim(ctx context.Context, env *wire.Envelope) (bool, error) {
-	if e.claimer == nil {
-		return true, nil
-	}
-	key := e.cfg.ChannelPrefix + "durabus:claim:" + e.cfg.Name + ":" + env.EventID
-	if env.Replay {
-		key += ":replay"
-	}
-	won, err := e.claimer.Claim(ctx, key, e.instance, e.cfg.ClaimTTL)
-	if err != nil {
-		e.log.Debug("durabus: claim failed; storing the event anyway", "id", env.EventID, "err", err)
-		return true, nil
-	}
-	if won || env.Replay {
-		return won, nil
-	}
-	_, mine, err := e.st.InboxEventStatus(ctx, e.rd, e.cfg.Name, env.EventID)
-	return mine, err
-}
-
 // store writes the inbox rows of one event and acknowledges it.
 func (e *Engine) store(ctx context.Context, env *wire.Envelope, msg []byte) error {
 	hs := e.handlersFor(env.EventName)
 	if len(hs) == 0 {
 		return nil // unsubscribed while the message was in flight; the publisher re-sends
 	}
-	if ok, err := e.claim(ctx, env); err != nil || !ok {
+	mine, seen, err := e.checkEvent(ctx, env)
+	if err != nil || !mine {
 		return err // another replica of this group has it
 	}
-	release, err := e.direct.hold(ctx, env.EventID)
+	release, waited, err := e.direct.hold(ctx, env.EventID)
 	if err != nil {
 		return err
 	}
 	defer release()
-	if ran, err := e.tryDirect(ctx, env, msg, hs); ran || err != nil {
-		return err
+	if !seen && !waited { // (a copy stored meanwhile goes the usual way)
+		if ran, err := e.tryDirect(ctx, env, msg, hs); ran || err != nil {
+			return err
+		}
 	}
 	insert := e.st.InsertInbox
 	if env.Replay {
@@ -184,7 +162,9 @@ func (e *Engine) store(ctx context.Context, env *wire.Envelope, msg []byte) erro
 	if err != nil {
 		return fmt.Errorf("store event %s: %w", env.EventID, err)
 	}
-	if !local {
+	if local {
+		e.flow.done(env.EventID)
+	} else {
 		e.acks.add(env.PublishedBy, ack)
 	}
 	wake(e.workWake)

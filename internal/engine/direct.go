@@ -27,6 +27,10 @@ import (
 // directBudget is how long a direct run may go on before its row is stored.
 const directBudget = 50 * time.Millisecond
 
+// slotWait is how long a fresh event waits for a free slot before it is
+// stored for the workers instead.
+const slotWait = 10 * time.Millisecond
+
 // Run states.
 const (
 	directRunning int32 = iota
@@ -66,9 +70,9 @@ func newDirectRuns(e *Engine) *directRuns {
 }
 
 // hold reserves event id for the caller until release is called, waiting
-// while another copy of it holds it.
-func (d *directRuns) hold(ctx context.Context, id string) (release func(), err error) {
-	for {
+// while another copy of it holds it; waited tells whether it did.
+func (d *directRuns) hold(ctx context.Context, id string) (release func(), waited bool, err error) {
+	for ; ; waited = true {
 		d.mu.Lock()
 		other, busy := d.held[id]
 		if !busy {
@@ -80,22 +84,27 @@ func (d *directRuns) hold(ctx context.Context, id string) (release func(), err e
 				delete(d.held, id)
 				d.mu.Unlock()
 				close(mine)
-			}, nil
+			}, waited, nil
 		}
 		d.mu.Unlock()
 		select {
 		case <-other:
 		case <-ctx.Done():
-			return nil, ctx.Err()
+			return nil, waited, ctx.Err()
 		}
 	}
 }
 
-// tryDirect runs the event directly when it can and reports whether it
+// tryDirect runs a new event directly when it can and reports whether it
 // did; otherwise the caller stores it for the workers.
 func (e *Engine) tryDirect(ctx context.Context, env *wire.Envelope, msg []byte, hs []Handler) (bool, error) {
-	if env.Replay || len(hs) != 1 || e.isClosed() || !e.workers.takeSlot() {
+	if env.Replay || len(hs) != 1 || e.isClosed() {
 		return false, nil // a closing bus stores what still arrives, for the next start
+	}
+	// Handlers that finish quickly free their slots quickly: wait a moment
+	// for one rather than store the event for later at three times the cost.
+	if !e.workers.waitSlot(ctx, slotWait) {
+		return false, nil
 	}
 	slot := true
 	release := func() {
@@ -105,11 +114,6 @@ func (e *Engine) tryDirect(ctx context.Context, env *wire.Envelope, msg []byte, 
 		}
 	}
 	defer release()
-	// The event may be stored already (a re-send); then the usual path
-	// answers with what became of it.
-	if _, seen, err := e.st.InboxEventStatus(ctx, e.rd, e.cfg.Name, env.EventID); err != nil || seen {
-		return false, err
-	}
 	d := e.direct
 	r := &directRun{env: env, msg: msg, h: hs[0], started: time.Now(), stored: make(chan struct{})}
 	d.mu.Lock()
@@ -126,7 +130,7 @@ func (e *Engine) tryDirect(ctx context.Context, env *wire.Envelope, msg []byte, 
 		d.mu.Unlock()
 	}()
 
-	runErr := e.runHandler(r.h, msg, 1)
+	runErr := e.runHandler(r.h, msg, env, 1)
 	release() // the slot bounds running handlers, not stores
 	if r.state.CompareAndSwap(directRunning, directFinished) {
 		return true, e.storeOutcome(r, runErr)
@@ -148,10 +152,10 @@ func (e *Engine) tryDirect(ctx context.Context, env *wire.Envelope, msg []byte, 
 }
 
 // runHandler runs h under the engine's run context and HandlerTimeout.
-func (e *Engine) runHandler(h Handler, msg []byte, attempt int) error {
+func (e *Engine) runHandler(h Handler, msg []byte, env *wire.Envelope, attempt int) error {
 	ctx, cancel := context.WithTimeout(e.runCtx, e.cfg.HandlerTimeout)
 	defer cancel()
-	return h.Run(ctx, msg, attempt)
+	return h.Run(ctx, msg, env, attempt)
 }
 
 // storeOutcome writes the row of a direct run that finished in time, with
@@ -195,7 +199,9 @@ func (e *Engine) storeOutcome(r *directRun, runErr error) error {
 	if o.state == store.Dead {
 		e.reportDead(store.InboxRun{EventID: r.env.EventID, EventName: r.env.EventName, Handler: r.h.Name, Attempts: 1, Message: r.msg}, runErr)
 	}
-	if !local {
+	if local {
+		e.flow.done(r.env.EventID)
+	} else {
 		e.acks.add(r.env.PublishedBy, ack)
 	}
 	return nil
@@ -279,6 +285,7 @@ func (d *directRuns) spill(runs []*directRun) {
 			r.spillErr = errors.New("the event was stored meanwhile by another bus on this database")
 		default:
 			e.workers.track(r.id)
+			e.flow.done(r.env.EventID)
 			if r.env.PublishedBy != e.cfg.Name {
 				e.acks.add(r.env.PublishedBy, store.Ack{EventID: r.env.EventID, Group: e.cfg.Name, Status: store.Received})
 			}

@@ -17,6 +17,7 @@ import (
 	"github.com/google/uuid"
 
 	"github.com/durabus/durabus/internal/store"
+	"github.com/durabus/durabus/internal/wire"
 )
 
 // PubSub is the transport, as the root package declares it.
@@ -36,11 +37,12 @@ type Claimer interface {
 	Claim(ctx context.Context, key, owner string, ttl time.Duration) (bool, error)
 }
 
-// Handler runs one kind of event. Run decodes the envelope itself.
+// Handler runs one kind of event. Run decodes msg itself when env, its
+// decoded envelope, is nil.
 type Handler struct {
 	EventName string
 	Name      string
-	Run       func(ctx context.Context, msg []byte, attempt int) error
+	Run       func(ctx context.Context, msg []byte, env *wire.Envelope, attempt int) error
 }
 
 // Dead describes an inbox row that just became DEAD.
@@ -103,7 +105,10 @@ type Engine struct {
 	closed chan struct{} // closed when Close starts: intake stops
 
 	relayWake chan struct{}
+	acksUp    chan struct{} // closed once the ack channel is subscribed
+	checks    chan *check   // received events to check, see intake.go
 	handoff   *handoff
+	flow      *flow
 	workWake  chan struct{}
 	helloWake chan struct{}
 	groups    groups
@@ -149,7 +154,10 @@ func Open(ctx context.Context, cfg Config) (*Engine, error) {
 		log:       cfg.Logger,
 		closed:    make(chan struct{}),
 		relayWake: make(chan struct{}, 1),
+		acksUp:    make(chan struct{}),
+		checks:    make(chan *check),
 		handoff:   newHandoff(),
+		flow:      newFlow(cfg.PendingDelay),
 		workWake:  make(chan struct{}, 1),
 		helloWake: make(chan struct{}, 1),
 		handlers:  map[string][]Handler{},
@@ -176,7 +184,7 @@ func Open(ctx context.Context, cfg Config) (*Engine, error) {
 	e.direct = newDirectRuns(e)
 	e.rd = newReader(cfg.DB)
 	if cfg.CanSubscribe && cfg.CanPublish {
-		e.subscribe(ctx, e.ackChannel(cfg.Name), e.receiveAcks)
+		e.subscribeThen(ctx, e.ackChannel(cfg.Name), e.receiveAcks, func() { close(e.acksUp) })
 		e.subscribe(ctx, e.helloChannel(), e.receiveHello)
 	}
 	e.goBG(e.acks.loop)
@@ -210,6 +218,11 @@ const subscribeTimeout = 5 * time.Second
 // engine closes: a bus opens and publishes while Redis is down, and messages
 // missed meanwhile are re-sent by their publishers.
 func (e *Engine) subscribe(ctx context.Context, channel string, fn func(context.Context, []byte) error) {
+	e.subscribeThen(ctx, channel, fn, func() {})
+}
+
+// subscribeThen is subscribe, calling up once the subscription is made.
+func (e *Engine) subscribeThen(ctx context.Context, channel string, fn func(context.Context, []byte) error, up func()) {
 	try := func(ctx context.Context) error {
 		unsub, err := e.cfg.PubSub.Subscribe(ctx, channel, fn)
 		if err != nil {
@@ -221,6 +234,7 @@ func (e *Engine) subscribe(ctx context.Context, channel string, fn func(context.
 			return unsub()
 		}
 		e.unsubs = append(e.unsubs, unsub)
+		up()
 		return nil
 	}
 	first, cancel := context.WithTimeout(ctx, subscribeTimeout)
@@ -232,7 +246,7 @@ func (e *Engine) subscribe(ctx context.Context, channel string, fn func(context.
 	e.log.Warn("durabus: subscribe failed; retrying in the background", "channel", channel, "err", err)
 	e.goBG(func(ctx context.Context) {
 		for failures := 1; ; failures++ {
-			e.sleep(ctx, nil, min(e.cfg.Backoff(failures), 5*time.Second), false)
+			e.sleep(ctx, nil, min(e.cfg.Backoff(failures), time.Second), false)
 			if ctx.Err() != nil {
 				return
 			}

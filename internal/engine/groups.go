@@ -96,6 +96,23 @@ func (e *Engine) expectedGroups(event string, now int64) []string {
 	return out
 }
 
+// expectsAck reports whether a first send of event is expected to be
+// acknowledged: a group online now consumes it, or no group was ever heard
+// of (then nothing is known, and the flow window counts it to be safe).
+func (e *Engine) expectsAck(event string, now int64) bool {
+	e.groups.mu.Lock()
+	defer e.groups.mu.Unlock()
+	if len(e.groups.m) == 0 {
+		return true
+	}
+	for _, g := range e.groups.m {
+		if g.events[event] && now-g.lastSeen < e.offlineAfter(g) {
+			return true
+		}
+	}
+	return false
+}
+
 // onlineGroups returns the groups heard of recently, sorted, whose pacing
 // allows a send at now.
 func (e *Engine) onlineGroups(now int64) []string {

@@ -214,8 +214,28 @@ func (e *Engine) nextSend(state string, sends int, now int64) int64 {
 	return now + d.Milliseconds()
 }
 
-// send publishes rows, pipelined when the PubSub can.
+// send publishes rows, pipelined when the PubSub can, once the flow window
+// has room for those whose acks are expected.
 func (e *Engine) send(ctx context.Context, rows []store.OutboxSend) error {
+	if e.cfg.CanSubscribe {
+		// Acks sent before the ack channel is subscribed would be lost,
+		// and their rows wait for a re-send.
+		select {
+		case <-e.acksUp:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+		now := e.nowMS()
+		ids, sizes := make([]string, 0, len(rows)), make([]int, 0, len(rows))
+		for _, r := range rows {
+			if r.Tracked > 0 || e.expectsAck(r.EventName, now) {
+				ids, sizes = append(ids, r.EventID), append(sizes, len(r.Message))
+			}
+		}
+		if err := e.flow.acquire(ctx, ids, sizes); err != nil {
+			return err
+		}
+	}
 	if bp, ok := e.cfg.PubSub.(BatchPublisher); ok && len(rows) > 1 {
 		channels := make([]string, len(rows))
 		msgs := make([][]byte, len(rows))

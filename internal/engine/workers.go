@@ -192,6 +192,23 @@ func (w *workers) takeSlot() bool {
 	}
 }
 
+// waitSlot is takeSlot waiting up to d for a slot to free.
+func (w *workers) waitSlot(ctx context.Context, d time.Duration) bool {
+	if w.takeSlot() {
+		return true
+	}
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case w.slots <- struct{}{}:
+		return true
+	case <-t.C:
+	case <-ctx.Done():
+	case <-w.quit:
+	}
+	return false
+}
+
 // giveSlot returns a slot.
 func (w *workers) giveSlot() {
 	<-w.slots
@@ -245,7 +262,7 @@ func (e *Engine) run(r store.InboxRun) {
 		e.postpone(r, true, e.nowMS(), "") // claimed as Close gave up: not run, not counted
 		return
 	}
-	err := e.runHandler(h, r.Message, r.Attempts)
+	err := e.runHandler(h, r.Message, nil, r.Attempts)
 	if err != nil && e.runCtx.Err() != nil {
 		// Close gave up on it: release the lease so that the next bus on this
 		// file runs it at once. The attempt counts, as after a crash.

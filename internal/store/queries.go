@@ -133,6 +133,7 @@ VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, NULLIF(?, ''), ?, ?, 1) ON CONFLICT (consumer
 state = 'PROCESSING', attempts = 0, due_at = excluded.due_at, message = excluded.message, last_error = NULL, replay = 1,
 updated_at = excluded.updated_at WHERE state <> 'PROCESSING'`
 	qInboxEventStates = `SELECT state, COALESCE(last_error, ''), replay FROM {p}inbox WHERE consumer = ? AND event_id = ?`
+	qSeen             = `SELECT DISTINCT i.event_id FROM json_each(?) AS j CROSS JOIN {p}inbox AS i ON i.consumer = ? AND i.event_id = j.value`
 	qClaimInbox       = `UPDATE {p}inbox SET attempts = attempts + 1, due_at = ?, updated_at = ? WHERE id IN (
 SELECT id FROM {p}inbox WHERE consumer = ? AND state = 'PROCESSING' AND due_at <= ? ORDER BY due_at LIMIT ?)
 RETURNING id, event_id, handler, event_name, publisher, message, attempts`
@@ -158,7 +159,7 @@ var allQueries = []string{
 	qAddCounter, qCounter, qRecallDeliveries, qRecallDeadDeliveries, qReplayDeliveries, qReplayRows, qReplayMark, qGroupCounts, qUntrack, qMetaGet, qMetaSet,
 	qInsertOutbox, qDueOutbox, qNextOutboxDue, qSentMany, qOutboxDead, qAckTarget, qAckReceived, qAckCompleted, qAckDead,
 	qCompleteOutbox, qRecallOutgoing, qRecallDeadOutbox, qRecallDeadInbox, qDeleteOutbox, qDeleteOutboxDead, qDeleteInbox, qDeleteInboxDead,
-	qInsertInbox, qReplayInbox, qInboxEventStates, qClaimInbox, qNextInboxDue, qInboxComplete, qInboxRetry, qInboxDead, qInboxPostpone, qInboxWake, qInboxRenew,
+	qInsertInbox, qReplayInbox, qInboxEventStates, qSeen, qClaimInbox, qNextInboxDue, qInboxComplete, qInboxRetry, qInboxDead, qInboxPostpone, qInboxWake, qInboxRenew,
 	qOutboxCounts, qInboxCounts,
 	qCompleteLazy, qLazyAcked, qCompleteDeliveries, qCompleteTracked, qCompleteUntracked,
 }
@@ -358,6 +359,28 @@ type EventStatus struct {
 	LastError string
 	// Replay is true when the latest run was asked for by a replay.
 	Replay bool
+}
+
+// Seen reports which of eventIDs consumer has inbox rows for.
+func (s *Store) Seen(ctx context.Context, q Querier, consumer string, eventIDs []string) (map[string]bool, error) {
+	list, err := json.Marshal(eventIDs)
+	if err != nil {
+		return nil, err
+	}
+	rows, err := q.QueryContext(ctx, s.q(qSeen), string(list), consumer)
+	if err != nil {
+		return nil, Classify(err)
+	}
+	defer rows.Close()
+	seen := map[string]bool{}
+	for rows.Next() {
+		var id string
+		if err := rows.Scan(&id); err != nil {
+			return nil, err
+		}
+		seen[id] = true
+	}
+	return seen, Classify(rows.Err())
 }
 
 // InboxEventStatus sums up the inbox rows of one event. ok is false when the

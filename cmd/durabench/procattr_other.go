@@ -1,0 +1,9 @@
+//go:build !linux
+
+package main
+
+import "os/exec"
+
+// dieWithParent does nothing where there is no parent-death signal; Stop
+// and the drain's context still end the processes on a normal exit.
+func dieWithParent(*exec.Cmd) {}
