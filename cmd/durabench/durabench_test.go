@@ -363,3 +363,24 @@ func TestCommas(t *testing.T) {
 		assert.Equal(t, want, commas(in), "%v", in)
 	}
 }
+
+// TestTargets checks the comparison with the performance goals.
+func TestTargets(t *testing.T) {
+	r := sampleResults()
+	assert.Equal(t, []target{
+		{"end to end ≥ 1.5 × naive", "1.60×", true},
+		{"Publish ≥ 0.8 × insert ceiling", "0.50×", false},
+		{"p99 at 1,000/s ≤ 2 ms", "4.57 ms", false},
+		{"p99 at 10,000/s ≤ 5 ms", "14.25 ms", false},
+	}, r.targets(), "the drain failed, so its goals are left out")
+
+	r.Drain = &throughput{N: 1_000_000, Elapsed: 10 * time.Second}
+	r.DrainPeakRSSMB = 120
+	ts := r.targets()
+	assert.Equal(t, target{"drain ≥ 50,000 events/s", "100,000/s", true}, ts[len(ts)-2])
+	assert.Equal(t, target{"drain peak RSS ≤ 200 MB", "120 MB", true}, ts[len(ts)-1])
+
+	var table bytes.Buffer
+	require.NoError(t, writeTable(&table, r))
+	assert.Contains(t, table.String(), "Publish ≥ 0.8 × insert ceiling           0.50×  no")
+}

@@ -8,7 +8,8 @@
 //	naive    the naive outbox loop: outbox transaction + PUBLISH pipeline per 1000
 //	         events; the consumer inserts and updates each batch in its inbox
 //	insert   SQLite inserts alone, 1000 per transaction: the ceiling of a SQLite outbox
-//	e2e      durabus end to end between two buses, until every outbox row is COMPLETED
+//	e2e      durabus end to end between two buses, 256 concurrent publishers, until
+//	         every outbox row is COMPLETED
 //	publish  durabus Publish, 64 concurrent callers, each returning after its commit
 //	latency  Publish call to handler at 1,000 and 10,000 events/s offered: p50, p99, p999
 //	drain    1,000,000 events published while Redis is unreachable, then drained;
@@ -21,7 +22,8 @@
 //
 //	durabench [-json] [-svg file] [-scale f] [-only list] [-dir dir] [-cpuprofile file] [-v]
 //
-// The table goes to stdout, progress to stderr. With -json, stdout carries
+// The table ends with the project's performance targets and whether this
+// run met them. The table goes to stdout, progress to stderr. With -json, stdout carries
 // a single JSON object instead (raw_eps, naive_eps, insert_ceiling_eps,
 // e2e_eps, publish_eps, p99_ms_at_1k, p99_ms_at_10k, drain_eps,
 // drain_peak_rss_mb) and the table goes to stderr. A workload that fails

@@ -123,6 +123,7 @@ func writeTable(w io.Writer, r *results) error {
 				fmt.Sprintf("%.2f", l.P50), fmt.Sprintf("%.2f", l.P99), fmt.Sprintf("%.2f", l.P999), note)
 		}
 	}
+	writeTargets(&b, r)
 	if len(r.Errors) > 0 {
 		b.WriteString("\n")
 		for _, name := range workloadNames {

@@ -150,8 +150,8 @@ func renderSVG(r *results) []byte {
 	d.y += 30
 	notes := []string{
 		"raw: Redis pub/sub alone, nothing stored. naive: outbox transaction then PUBLISH pipeline; inbox insert + update",
-		"transaction; 1000 events per batch. insert ceiling: SQLite inserts alone. durabus: default settings, 64 concurrent",
-		"Publish callers; end to end runs until every outbox row is COMPLETED; drain: a backlog published while Redis was down.",
+		"transaction; 1000 events per batch. insert ceiling: SQLite inserts alone. durabus: default settings, 64 Publish callers",
+		"(256 end to end, which runs until every outbox row is COMPLETED); drain: a backlog published while Redis was down.",
 	}
 	for _, n := range notes {
 		d.text(20, d.y, 11, colorMuted, "", "", n)
