@@ -115,16 +115,18 @@ func (e *Engine) store(ctx context.Context, env *wire.Envelope, msg []byte) erro
 	if len(hs) == 0 {
 		return nil // unsubscribed while the message was in flight; the publisher re-sends
 	}
-	mine, seen, err := e.checkEvent(ctx, env)
-	if err != nil || !mine {
-		return err // another replica of this group has it
-	}
-	release, waited, err := e.direct.hold(ctx, env.EventID)
+	// Copies of one event are stored one after the other: a copy checked
+	// after the first is on disk finds it there.
+	release, err := e.direct.hold(ctx, env.EventID)
 	if err != nil {
 		return err
 	}
 	defer release()
-	if !seen && !waited { // (a copy stored meanwhile goes the usual way)
+	mine, seen, err := e.checkEvent(ctx, env)
+	if err != nil || !mine {
+		return err // another replica of this group has it
+	}
+	if !seen {
 		if ran, err := e.tryDirect(ctx, env, msg, hs); ran || err != nil {
 			return err
 		}

@@ -70,9 +70,9 @@ func newDirectRuns(e *Engine) *directRuns {
 }
 
 // hold reserves event id for the caller until release is called, waiting
-// while another copy of it holds it; waited tells whether it did.
-func (d *directRuns) hold(ctx context.Context, id string) (release func(), waited bool, err error) {
-	for ; ; waited = true {
+// while another copy of it holds it.
+func (d *directRuns) hold(ctx context.Context, id string) (release func(), err error) {
+	for {
 		d.mu.Lock()
 		other, busy := d.held[id]
 		if !busy {
@@ -84,13 +84,13 @@ func (d *directRuns) hold(ctx context.Context, id string) (release func(), waite
 				delete(d.held, id)
 				d.mu.Unlock()
 				close(mine)
-			}, waited, nil
+			}, nil
 		}
 		d.mu.Unlock()
 		select {
 		case <-other:
 		case <-ctx.Done():
-			return nil, waited, ctx.Err()
+			return nil, ctx.Err()
 		}
 	}
 }

@@ -14,7 +14,8 @@ const (
 	// Rows whose one expected group is this one, without delivery rows.
 	qCompleteLazy = `UPDATE {p}outbox SET state = 'COMPLETED', last_error = NULL, dead_by = NULL, updated_at = ?
 WHERE id IN (SELECT o.id FROM json_each(?) AS j CROSS JOIN {p}outbox AS o ON o.event_id = j.value
-WHERE o.publisher = ? AND o.expected IS NOT NULL AND o.tracked = 1 AND o.expected ->> '$[0]' = ? AND o.state <> 'COMPLETED')`
+WHERE o.publisher = ? AND o.expected IS NOT NULL AND o.tracked = 1 AND o.expected ->> '$[0]' = ? AND o.state <> 'COMPLETED')
+RETURNING event_id`
 	// Other rows without delivery rows: they need them now.
 	qLazyAcked = `SELECT o.id FROM json_each(?) AS j CROSS JOIN {p}outbox AS o ON o.event_id = j.value
 WHERE o.publisher = ? AND o.expected IS NOT NULL AND o.state <> 'COMPLETED'`
@@ -38,17 +39,28 @@ WHERE o.publisher = ? AND o.tracked = 0 AND o.state <> 'COMPLETED')`
 // of publisher, as ApplyAck would one by one. replay says whether the acks
 // are about replayed runs.
 func (s *Store) CompleteMany(ctx context.Context, q Querier, publisher, group string, replay bool, eventIDs []string, now int64) error {
+	if !replay { // a replay has delivery rows
+		// Most acks complete an event this group alone was expected to
+		// handle; only the others need the statements below.
+		list, err := json.Marshal(eventIDs)
+		if err != nil {
+			return err
+		}
+		done, err := s.strings(ctx, q, qCompleteLazy, now, string(list), publisher, group)
+		if err != nil {
+			return fmt.Errorf("complete acknowledged rows: %w", err)
+		}
+		eventIDs = without(eventIDs, done)
+		if len(eventIDs) == 0 {
+			return nil
+		}
+	}
 	list, err := json.Marshal(eventIDs)
 	if err != nil {
 		return err
 	}
 	if _, err := q.ExecContext(ctx, s.q(qCompleteUntracked), now, string(list), publisher); err != nil {
 		return fmt.Errorf("complete acknowledged rows: %w", Classify(err))
-	}
-	if !replay { // a replay has delivery rows
-		if _, err := q.ExecContext(ctx, s.q(qCompleteLazy), now, string(list), publisher, group); err != nil {
-			return fmt.Errorf("complete acknowledged rows: %w", Classify(err))
-		}
 	}
 	lazy, err := s.ids(ctx, q, qLazyAcked, string(list), publisher)
 	if err != nil {
@@ -85,6 +97,42 @@ func (s *Store) CompleteMany(ctx context.Context, q Querier, publisher, group st
 		}
 	}
 	return nil
+}
+
+// without returns ids less those in drop.
+func without(ids, drop []string) []string {
+	if len(drop) == 0 {
+		return ids
+	}
+	gone := make(map[string]bool, len(drop))
+	for _, id := range drop {
+		gone[id] = true
+	}
+	var out []string
+	for _, id := range ids {
+		if !gone[id] {
+			out = append(out, id)
+		}
+	}
+	return out
+}
+
+// strings runs a statement that returns one text column.
+func (s *Store) strings(ctx context.Context, q Querier, query string, args ...any) ([]string, error) {
+	rows, err := q.QueryContext(ctx, s.q(query), args...)
+	if err != nil {
+		return nil, Classify(err)
+	}
+	defer rows.Close()
+	var out []string
+	for rows.Next() {
+		var v string
+		if err := rows.Scan(&v); err != nil {
+			return nil, err
+		}
+		out = append(out, v)
+	}
+	return out, Classify(rows.Err())
 }
 
 // ids runs a statement that returns one integer column.
