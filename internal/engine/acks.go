@@ -112,7 +112,7 @@ func (e *Engine) receiveAcks(ctx context.Context, msg []byte) error {
 			completed[i] = append(completed[i], a.EventID)
 		}
 	}
-	return e.w.Do(ctx, func(ctx context.Context, q store.Querier) error {
+	return e.w.DoLazy(ctx, func(ctx context.Context, q store.Querier) error {
 		for i, ids := range completed {
 			if len(ids) == 0 {
 				continue

@@ -21,25 +21,28 @@ const maxBatch = 1000
 // to run in a transaction; it runs all that are waiting in one transaction
 // (group commit). A caller returns after the commit that holds its work.
 type writer struct {
-	conn *conn
-	ops  chan *op
-	quit chan struct{}
-	done chan struct{}
-	once sync.Once
+	conn     *conn
+	syncFull bool // commits wait for an fsync, except lazy-only ones
+	ops      chan *op
+	quit     chan struct{}
+	done     chan struct{}
+	once     sync.Once
 }
 
 type op struct {
 	ctx  context.Context
 	fn   func(ctx context.Context, q store.Querier) error
+	lazy bool // its effect need not survive a power loss
 	done chan error
 }
 
-func newWriter(c *sql.Conn) *writer {
+func newWriter(c *sql.Conn, synchronous string) *writer {
 	w := &writer{
-		conn: &conn{Conn: c, stmts: map[string]*sql.Stmt{}},
-		ops:  make(chan *op, maxBatch),
-		quit: make(chan struct{}),
-		done: make(chan struct{}),
+		conn:     &conn{Conn: c, stmts: map[string]*sql.Stmt{}},
+		syncFull: synchronous == "FULL",
+		ops:      make(chan *op, maxBatch),
+		quit:     make(chan struct{}),
+		done:     make(chan struct{}),
 	}
 	go w.loop()
 	return w
@@ -48,7 +51,19 @@ func newWriter(c *sql.Conn) *writer {
 // Do runs fn in a write transaction and returns once it is committed. fn
 // must only touch the database through q and must not keep q.
 func (w *writer) Do(ctx context.Context, fn func(ctx context.Context, q store.Querier) error) error {
-	o := &op{ctx: ctx, fn: fn, done: make(chan error, 1)}
+	return w.do(&op{ctx: ctx, fn: fn, done: make(chan error, 1)})
+}
+
+// DoLazy is Do for work whose effect need not survive a power loss, because
+// it is derived again if lost (an applied ack: the event is re-sent and the
+// consumer answers again). A commit of lazy work alone skips the fsync; a
+// later commit's fsync covers it, as the log is written in order.
+func (w *writer) DoLazy(ctx context.Context, fn func(ctx context.Context, q store.Querier) error) error {
+	return w.do(&op{ctx: ctx, fn: fn, lazy: true, done: make(chan error, 1)})
+}
+
+func (w *writer) do(o *op) error {
+	ctx := o.ctx
 	select {
 	case w.ops <- o:
 	case <-w.done:
@@ -168,6 +183,12 @@ var errRetryAlone = errors.New("an operation failed")
 // transaction).
 func (w *writer) tx(ops []*op) error {
 	ctx := context.Background() // a caller's deadline must not abort the others' commit
+	if w.syncFull && allLazy(ops) {
+		if _, err := w.conn.ExecContext(ctx, "PRAGMA synchronous = NORMAL"); err != nil {
+			return fmt.Errorf("set synchronous: %w", store.Classify(err))
+		}
+		defer func() { _, _ = w.conn.ExecContext(ctx, "PRAGMA synchronous = FULL") }()
+	}
 	if _, err := w.conn.ExecContext(ctx, "BEGIN IMMEDIATE"); err != nil {
 		return fmt.Errorf("begin: %w", store.Classify(err))
 	}
@@ -185,6 +206,15 @@ func (w *writer) tx(ops []*op) error {
 		return fmt.Errorf("commit: %w", store.Classify(err))
 	}
 	return nil
+}
+
+func allLazy(ops []*op) bool {
+	for _, o := range ops {
+		if !o.lazy {
+			return false
+		}
+	}
+	return true
 }
 
 // conn is the write connection with a cache of prepared statements.
