@@ -1195,3 +1195,52 @@ func TestGroups_RestartedPublisherKeepsLiveGroups(t *testing.T) {
 	require.Equal(t, string(id), ds[0].EventID)
 	closeBus(t, a.bus)
 }
+
+// An event that its one expected group completes in time never gets a
+// delivery row: the expected group is kept on the outbox row, and Stats
+// still counts the delivery. One with two groups gets rows once the first
+// group's ack does not finish it.
+func TestGroups_DeliveryRowsOnlyWhenNeeded(t *testing.T) {
+	t.Parallel()
+	ps := newPubSub(t)
+	cfg := groupConfig(t, ps, "publisher")
+	cfg.PendingDelay = time.Hour // no re-send: only acks move the rows
+	p := openNode(t, cfg)
+	b := openNode(t, groupConfig(t, ps, "group-b"))
+	require.NoError(t, durabus.Handle(b.bus, recordRuns[userCreated](newRuns())))
+	waitOnline(t, p.bus, "group-b")
+
+	alone := publish(t, p.bus, userCreated{ID: "u1"})
+	waitOutbox(t, p.db, alone, "COMPLETED")
+	var rows int
+	require.NoError(t, p.db.QueryRow(`SELECT COUNT(*) FROM durabus_deliveries`).Scan(&rows))
+	require.Zero(t, rows, "an event its one group completed needs no delivery row")
+	s, err := p.bus.Stats(t.Context())
+	require.NoError(t, err)
+	require.Len(t, s.Groups, 1)
+	require.Equal(t, durabus.StateCounts{Completed: 1}, s.Groups[0].Deliveries)
+
+	c := openNode(t, groupConfig(t, ps, "group-c"))
+	release := make(chan struct{})
+	t.Cleanup(func() { close(release) })
+	require.NoError(t, durabus.Handle(c.bus, func(ctx context.Context, _ durabus.Envelope[userCreated]) error {
+		select { // group-c does not finish: the event waits for it
+		case <-release:
+		case <-ctx.Done():
+		}
+		return nil
+	}))
+	waitOnline(t, p.bus, "group-b", "group-c")
+	both := publish(t, p.bus, userCreated{ID: "u2"})
+	waitDeliveries(t, p.db, "group-b", 2, "COMPLETED")
+	ds, err := deliveries(p.db, "o.event_id = ? AND d.group_name = 'group-c'", string(both))
+	require.NoError(t, err)
+	require.Len(t, ds, 1)
+	require.NotEqual(t, "COMPLETED", ds[0].State, "group-c has not finished")
+	require.NoError(t, p.db.QueryRow(`SELECT COUNT(*) FROM durabus_deliveries d JOIN durabus_outbox o ON o.id = d.outbox_id
+		WHERE o.event_id = ?`, string(both)).Scan(&rows))
+	require.Equal(t, 2, rows, "group-b's ack did not finish the event: it needs its delivery rows")
+	out, err := outboxByID(p.db, both)
+	require.NoError(t, err)
+	require.NotEqual(t, "COMPLETED", out.State)
+}

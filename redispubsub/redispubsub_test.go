@@ -394,3 +394,40 @@ func forward(dst, src net.Conn, frozen *atomic.Bool) {
 		}
 	}
 }
+
+// TestClaimBatchMiniredis checks that ClaimBatch answers each key as Claim
+// would: taken now, held already by the owner, or held by another.
+func TestClaimBatchMiniredis(t *testing.T) {
+	p, mr, _ := newMiniredis(t)
+	if ok, err := p.Claim(t.Context(), "theirs", "b", 10*time.Second); err != nil || !ok {
+		t.Fatalf("Claim: %v, %v", ok, err)
+	}
+	if ok, err := p.Claim(t.Context(), "mine-before", "a", 10*time.Second); err != nil || !ok {
+		t.Fatalf("Claim: %v, %v", ok, err)
+	}
+	keys := []string{"new", "theirs", "mine-before"}
+	held, err := p.ClaimBatch(t.Context(), keys, "a", 10*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := []bool{true, false, true}; fmt.Sprint(held) != fmt.Sprint(want) {
+		t.Fatalf("ClaimBatch(%v) = %v, want %v", keys, held, want)
+	}
+	if owner, err := mr.Get("new"); err != nil || owner != "a" {
+		t.Fatalf("key new holds %q (%v), want a", owner, err)
+	}
+	mr.FastForward(10 * time.Second)
+	held, err = p.ClaimBatch(t.Context(), keys, "a", 10*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := []bool{true, true, true}; fmt.Sprint(held) != fmt.Sprint(want) {
+		t.Fatalf("after the ttl, ClaimBatch(%v) = %v, want %v", keys, held, want)
+	}
+	if _, err := p.ClaimBatch(t.Context(), keys, "a", 0); err == nil {
+		t.Fatal("ClaimBatch accepted a zero ttl")
+	}
+	if held, err := p.ClaimBatch(t.Context(), nil, "a", time.Second); err != nil || len(held) != 0 {
+		t.Fatalf("ClaimBatch of no key = %v, %v", held, err)
+	}
+}
