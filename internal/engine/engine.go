@@ -129,7 +129,7 @@ type Engine struct {
 	stopRuns context.CancelFunc
 	workers  *workers
 	direct   *directRuns
-	rd       *reader // prepared reads on the pool
+	rd       *prepared // frequent reads, on the pool
 
 	closeOnce sync.Once
 	finished  chan struct{}
@@ -182,7 +182,7 @@ func Open(ctx context.Context, cfg Config) (*Engine, error) {
 	e.acks = newAckSender(e)
 	e.workers = newWorkers(e)
 	e.direct = newDirectRuns(e)
-	e.rd = newReader(cfg.DB)
+	e.rd = newPrepared(cfg.DB)
 	if cfg.CanSubscribe && cfg.CanPublish {
 		e.subscribeThen(ctx, e.ackChannel(cfg.Name), e.receiveAcks, func() { close(e.acksUp) })
 		e.subscribe(ctx, e.helloChannel(), e.receiveHello)

@@ -21,8 +21,9 @@ const maxBatch = 1000
 // to run in a transaction; it runs all that are waiting in one transaction
 // (group commit). A caller returns after the commit that holds its work.
 type writer struct {
-	conn     *conn
-	syncFull bool // commits wait for an fsync, except lazy-only ones
+	raw      *sql.Conn
+	conn     *prepared // raw, through statements prepared once
+	syncFull bool      // commits wait for an fsync, except lazy-only ones
 	ops      chan *op
 	quit     chan struct{}
 	done     chan struct{}
@@ -38,7 +39,8 @@ type op struct {
 
 func newWriter(c *sql.Conn, synchronous string) *writer {
 	w := &writer{
-		conn:     &conn{Conn: c, stmts: map[string]*sql.Stmt{}},
+		raw:      c,
+		conn:     newPrepared(c),
 		syncFull: synchronous == "FULL",
 		ops:      make(chan *op, maxBatch),
 		quit:     make(chan struct{}),
@@ -93,7 +95,10 @@ func (w *writer) stop() {
 
 func (w *writer) loop() {
 	defer close(w.done)
-	defer w.conn.close()
+	defer func() {
+		w.conn.close()
+		_ = w.raw.Close()
+	}()
 	batch := make([]*op, 0, maxBatch)
 	linger := time.NewTimer(time.Hour)
 	linger.Stop()
@@ -215,53 +220,4 @@ func allLazy(ops []*op) bool {
 		}
 	}
 	return true
-}
-
-// conn is the write connection with a cache of prepared statements.
-type conn struct {
-	*sql.Conn
-	stmts map[string]*sql.Stmt
-}
-
-func (c *conn) stmt(ctx context.Context, query string) (*sql.Stmt, error) {
-	if s, ok := c.stmts[query]; ok {
-		return s, nil
-	}
-	s, err := c.Conn.PrepareContext(ctx, query)
-	if err != nil {
-		return nil, err
-	}
-	c.stmts[query] = s
-	return s, nil
-}
-
-func (c *conn) ExecContext(ctx context.Context, query string, args ...any) (sql.Result, error) {
-	s, err := c.stmt(ctx, query)
-	if err != nil {
-		return nil, err
-	}
-	return s.ExecContext(ctx, args...)
-}
-
-func (c *conn) QueryContext(ctx context.Context, query string, args ...any) (*sql.Rows, error) {
-	s, err := c.stmt(ctx, query)
-	if err != nil {
-		return nil, err
-	}
-	return s.QueryContext(ctx, args...)
-}
-
-func (c *conn) QueryRowContext(ctx context.Context, query string, args ...any) *sql.Row {
-	s, err := c.stmt(ctx, query)
-	if err != nil {
-		return c.Conn.QueryRowContext(ctx, query, args...) // reports the same error through Scan
-	}
-	return s.QueryRowContext(ctx, args...)
-}
-
-func (c *conn) close() {
-	for _, s := range c.stmts {
-		_ = s.Close()
-	}
-	_ = c.Conn.Close()
 }

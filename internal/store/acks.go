@@ -46,7 +46,7 @@ func (s *Store) CompleteMany(ctx context.Context, q Querier, publisher, group st
 		if err != nil {
 			return err
 		}
-		done, err := s.strings(ctx, q, qCompleteLazy, now, string(list), publisher, group)
+		done, err := column[string](ctx, s, q, qCompleteLazy, now, string(list), publisher, group)
 		if err != nil {
 			return fmt.Errorf("complete acknowledged rows: %w", err)
 		}
@@ -62,14 +62,14 @@ func (s *Store) CompleteMany(ctx context.Context, q Querier, publisher, group st
 	if _, err := q.ExecContext(ctx, s.q(qCompleteUntracked), now, string(list), publisher); err != nil {
 		return fmt.Errorf("complete acknowledged rows: %w", Classify(err))
 	}
-	lazy, err := s.ids(ctx, q, qLazyAcked, string(list), publisher)
+	lazy, err := column[int64](ctx, s, q, qLazyAcked, string(list), publisher)
 	if err != nil {
 		return err
 	}
 	if err := s.Materialize(ctx, q, lazy, now); err != nil {
 		return err
 	}
-	moved, err := s.ids(ctx, q, qCompleteDeliveries, now, group, replay, string(list), publisher)
+	moved, err := column[int64](ctx, s, q, qCompleteDeliveries, now, group, replay, string(list), publisher)
 	if err != nil || len(moved) == 0 {
 		return err
 	}
@@ -77,7 +77,7 @@ func (s *Store) CompleteMany(ctx context.Context, q Querier, publisher, group st
 	if err != nil {
 		return err
 	}
-	done, err := s.ids(ctx, q, qCompleteTracked, now, string(movedList))
+	done, err := column[int64](ctx, s, q, qCompleteTracked, now, string(movedList))
 	if err != nil {
 		return err
 	}
@@ -117,38 +117,20 @@ func without(ids, drop []string) []string {
 	return out
 }
 
-// strings runs a statement that returns one text column.
-func (s *Store) strings(ctx context.Context, q Querier, query string, args ...any) ([]string, error) {
+// column runs query and returns its one column.
+func column[T any](ctx context.Context, s *Store, q Querier, query string, args ...any) ([]T, error) {
 	rows, err := q.QueryContext(ctx, s.q(query), args...)
 	if err != nil {
 		return nil, Classify(err)
 	}
 	defer rows.Close()
-	var out []string
+	var out []T
 	for rows.Next() {
-		var v string
+		var v T
 		if err := rows.Scan(&v); err != nil {
 			return nil, err
 		}
 		out = append(out, v)
-	}
-	return out, Classify(rows.Err())
-}
-
-// ids runs a statement that returns one integer column.
-func (s *Store) ids(ctx context.Context, q Querier, query string, args ...any) ([]int64, error) {
-	rows, err := q.QueryContext(ctx, s.q(query), args...)
-	if err != nil {
-		return nil, Classify(err)
-	}
-	defer rows.Close()
-	var out []int64
-	for rows.Next() {
-		var id int64
-		if err := rows.Scan(&id); err != nil {
-			return nil, err
-		}
-		out = append(out, id)
 	}
 	return out, Classify(rows.Err())
 }

@@ -246,7 +246,7 @@ func (s *Store) LoadGroups(ctx context.Context, q Querier, publisher string) ([]
 // ForgetGroup deletes a group and its unfinished deliveries, updates the
 // affected outbox rows and returns how many deliveries it dropped.
 func (s *Store) ForgetGroup(ctx context.Context, q Querier, publisher, group string, now int64) (int, error) {
-	lazy, err := s.ids(ctx, q, qLazyOf, publisher, group)
+	lazy, err := column[int64](ctx, s, q, qLazyOf, publisher, group)
 	if err != nil {
 		return 0, err
 	}
@@ -256,21 +256,8 @@ func (s *Store) ForgetGroup(ctx context.Context, q Querier, publisher, group str
 	if _, err := q.ExecContext(ctx, s.q(qForgetGroup), publisher, group); err != nil {
 		return 0, Classify(err)
 	}
-	rows, err := q.QueryContext(ctx, s.q(qDropDeliveries), group, publisher)
+	ids, err := column[int64](ctx, s, q, qDropDeliveries, group, publisher)
 	if err != nil {
-		return 0, Classify(err)
-	}
-	var ids []int64
-	for rows.Next() {
-		var id int64
-		if err := rows.Scan(&id); err != nil {
-			rows.Close()
-			return 0, err
-		}
-		ids = append(ids, id)
-	}
-	rows.Close()
-	if err := rows.Err(); err != nil {
 		return 0, err
 	}
 	for _, id := range ids {

@@ -500,23 +500,12 @@ const (
 // says, and returns the largest id it touched and how many.
 func (s *Store) Recall(ctx context.Context, q Querier, kind int, name string, after int64, limit int, now int64) (last int64, n int, err error) {
 	query := map[int]string{RecallOutgoing: qRecallOutgoing, RecallDeadOutbox: qRecallDeadOutbox, RecallDeadInbox: qRecallDeadInbox}[kind]
-	rows, err := q.QueryContext(ctx, s.q(query), now, now, name, after, limit)
+	ids, err := column[int64](ctx, s, q, query, now, now, name, after, limit)
 	if err != nil {
-		return 0, 0, Classify(err)
-	}
-	var ids []int64
-	for rows.Next() {
-		var id int64
-		if err := rows.Scan(&id); err != nil {
-			rows.Close()
-			return 0, 0, err
-		}
-		last = max(last, id)
-		ids = append(ids, id)
-	}
-	rows.Close()
-	if err := rows.Err(); err != nil {
 		return 0, 0, err
+	}
+	for _, id := range ids {
+		last = max(last, id)
 	}
 	if kind != RecallDeadInbox && len(ids) > 0 {
 		if err := s.recallDeliveries(ctx, q, kind, ids, now); err != nil {
