@@ -12,10 +12,11 @@ import (
 	"github.com/durabus/durabus/internal/wire"
 )
 
-// Direct runs. A fresh event with one local handler, received while a
-// worker is free, runs at once in the call that received it, and its inbox
-// row is written once, with the outcome, before receipt is acknowledged:
-// one row write per event instead of an insert, a claim and a completion.
+// Direct runs. A new event (intake.go checked it) with one local handler
+// runs at once in the call that received it, when one of the Concurrency
+// slots is free or frees within slotWait. Its inbox row is written once,
+// with the outcome, before the event is acknowledged: one row write per
+// event instead of an insert, a claim and a completion.
 //
 // Nothing is acknowledged before the row is on disk, so a crash during the
 // run leaves the event to its publisher's re-send, as a crash inside a
