@@ -102,6 +102,7 @@ func BenchmarkEndToEnd(b *testing.B) {
 			}
 		}
 	})
+	deadline := time.Now().Add(5 * time.Minute)
 	for {
 		s, err := pub.Stats(ctx)
 		if err != nil {
@@ -112,6 +113,9 @@ func BenchmarkEndToEnd(b *testing.B) {
 		}
 		if s.Outbox.Dead > 0 {
 			b.Fatalf("%d events are DEAD", s.Outbox.Dead)
+		}
+		if time.Now().After(deadline) {
+			b.Fatalf("after 5 min, %d of %d events are COMPLETED (%+v)", s.Outbox.Completed, b.N, s.Outbox)
 		}
 		waitTick()
 	}

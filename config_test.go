@@ -157,17 +157,7 @@ func TestOpen_ReopenKeepsRows(t *testing.T) {
 	require.NoError(t, err)
 	require.Equal(t, 2, s.Outbox.Unfinished(), "the rows survived the restart")
 
-	var versions []int
-	rows, err := db.Query(`SELECT version FROM durabus_schema ORDER BY version`)
-	require.NoError(t, err)
-	for rows.Next() {
-		var v int
-		require.NoError(t, rows.Scan(&v))
-		versions = append(versions, v)
-	}
-	require.NoError(t, rows.Err())
-	require.NoError(t, rows.Close())
-	require.Equal(t, []int{1, 2, 3, 4}, versions, "each migration applied once")
+	require.Equal(t, []int{1, 2, 3, 4}, schemaVersions(t, db), "each migration applied once")
 
 	// The relay carries on where the first bus stopped.
 	handled := newCalls()

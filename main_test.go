@@ -428,3 +428,19 @@ func envelope(name, id, publisher, payload string) []byte {
 	return fmt.Appendf(nil, `{"eventName":%q,"eventId":%q,"publishedBy":%q,"publishedAt":"2026-11-22T10:00:00.000Z","payload":%s}`,
 		name, id, publisher, payload)
 }
+
+// schemaVersions returns the schema versions applied to db, in order.
+func schemaVersions(t *testing.T, db *sql.DB) []int {
+	t.Helper()
+	rows, err := db.Query(`SELECT version FROM durabus_schema ORDER BY version`)
+	require.NoError(t, err)
+	defer rows.Close()
+	var versions []int
+	for rows.Next() {
+		var v int
+		require.NoError(t, rows.Scan(&v))
+		versions = append(versions, v)
+	}
+	require.NoError(t, rows.Err())
+	return versions
+}

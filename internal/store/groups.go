@@ -32,8 +32,7 @@ due_at = CASE WHEN state IN ('PENDING', 'PROCESSING') THEN 9223372036854775807 E
 WHERE id IN (SELECT value FROM json_each(?)) AND expected IS NOT NULL`
 	qLazyOf = `SELECT id FROM {p}outbox WHERE publisher = ? AND expected IS NOT NULL AND state IN ('PENDING', 'PROCESSING')
 AND EXISTS (SELECT 1 FROM json_each(expected) WHERE value = ?)`
-	qTracked   = `SELECT tracked FROM {p}outbox WHERE id = ?`
-	qTrackedID = `SELECT id FROM {p}outbox WHERE publisher = ? AND event_id = ? AND tracked > 0`
+	qTracked = `SELECT tracked FROM {p}outbox WHERE id = ?`
 	// While a delivery is a replay, only acks about the replayed run count.
 	qDeliveryReceived = `UPDATE {p}deliveries SET state = 'RECEIVED', sends = 0, due_at = ?, updated_at = ?
 WHERE outbox_id = ? AND group_name = ? AND state = 'PENDING' AND (replay = 0 OR ?)`
