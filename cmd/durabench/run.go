@@ -247,6 +247,7 @@ func run(ctx context.Context, cfg config) (*results, error) {
 		if err := os.Mkdir(w.dir, 0o755); err != nil {
 			return nil, fmt.Errorf("%s: %w", name, err)
 		}
+		settleDisk()
 		w.logf("start")
 		began := time.Now()
 		if err := workloads[name](ctx, w, r); err != nil {

@@ -3,6 +3,7 @@ package engine
 import (
 	"context"
 	"fmt"
+	"sync"
 	"time"
 
 	"github.com/durabus/durabus/internal/wire"
@@ -77,52 +78,55 @@ func (e *Engine) runChecks(ctx context.Context, batch []*check) {
 	ids := make([]string, len(batch))
 	for i, c := range batch {
 		ids[i] = c.env.EventID
-		c.mine = true
+	}
+	// The read and the claims do not depend on each other: the claims go to
+	// the broker while the read runs.
+	var held []bool
+	var claimErr error
+	var wg sync.WaitGroup
+	if e.claimer != nil {
+		wg.Go(func() { held, claimErr = e.claim(ctx, batch) })
 	}
 	seen, err := e.st.Seen(ctx, e.rd, e.cfg.Name, ids)
+	wg.Wait()
 	if err != nil {
 		for _, c := range batch {
 			c.err = fmt.Errorf("check event %s: %w", c.env.EventID, err)
 		}
 		return
 	}
-	for _, c := range batch {
-		c.seen = seen[c.env.EventID]
+	if claimErr != nil {
+		// A claim that fails to reach the broker counts as won: a
+		// duplicate is better than a loss.
+		e.log.Debug("durabus: claim failed; storing the events anyway", "events", len(batch), "err", claimErr)
+		held = nil
 	}
-	e.claimAll(ctx, batch)
+	for i, c := range batch {
+		c.seen = seen[c.env.EventID]
+		// A claim lost on an event this bus stored is still answered; a
+		// replay is claimed apart from the first delivery.
+		c.mine = held == nil || held[i] || (!c.env.Replay && c.seen)
+	}
 }
 
-// claimAll races for the batch's events when replicas share the group. A
-// claim lost on an event this bus stored is still answered; a replay is
-// claimed apart from the first delivery. A claim that fails to reach the
-// broker counts as won: a duplicate is better than a loss.
-func (e *Engine) claimAll(ctx context.Context, batch []*check) {
-	if e.claimer == nil {
-		return
-	}
+// claim races for the batch's events when replicas share the group, and
+// reports which this replica holds.
+func (e *Engine) claim(ctx context.Context, batch []*check) ([]bool, error) {
 	keys := make([]string, len(batch))
 	for i, c := range batch {
 		keys[i] = e.claimKey(c.env)
 	}
-	var held []bool
-	var err error
 	if bc, ok := e.claimer.(BatchClaimer); ok {
-		held, err = bc.ClaimBatch(ctx, keys, e.instance, e.cfg.ClaimTTL)
-	} else {
-		held = make([]bool, len(keys))
-		for i, k := range keys {
-			if held[i], err = e.claimer.Claim(ctx, k, e.instance, e.cfg.ClaimTTL); err != nil {
-				break
-			}
+		return bc.ClaimBatch(ctx, keys, e.instance, e.cfg.ClaimTTL)
+	}
+	held := make([]bool, len(keys))
+	for i, k := range keys {
+		var err error
+		if held[i], err = e.claimer.Claim(ctx, k, e.instance, e.cfg.ClaimTTL); err != nil {
+			return nil, err
 		}
 	}
-	if err != nil {
-		e.log.Debug("durabus: claim failed; storing the events anyway", "events", len(batch), "err", err)
-		return
-	}
-	for i, c := range batch {
-		c.mine = held[i] || (!c.env.Replay && c.seen)
-	}
+	return held, nil
 }
 
 func (e *Engine) claimKey(env *wire.Envelope) string {

@@ -139,9 +139,12 @@ const nudgePoll = 20 * time.Millisecond
 // relayOnce claims up to relayBatch due rows, sends them and returns how many
 // it claimed.
 func (e *Engine) relayOnce(ctx context.Context) (int, error) {
+	now := e.nowMS()
+	if !e.anyDue(ctx, now, func() (int64, bool, error) { return e.st.NextOutboxDue(ctx, e.rd, e.cfg.Name) }) {
+		return 0, nil
+	}
 	var due []store.OutboxSend
 	claimed := 0
-	now := e.nowMS()
 	err := e.w.Do(ctx, func(ctx context.Context, q store.Querier) error {
 		due = due[:0]
 		rows, err := e.st.DueOutbox(ctx, q, e.cfg.Name, now, relayBatch)
@@ -200,6 +203,16 @@ func (e *Engine) relayOnce(ctx context.Context) (int, error) {
 		e.completeUnheard(due)
 	}
 	return claimed, nil
+}
+
+// anyDue reports whether a read on the pool (next) finds a row due at now.
+// The relay takes the writer only then: a scan that finds nothing must not
+// queue behind the commits of Publish calls, nor hold up handed-over rows
+// while it waits. A failed read counts as due, and the scan proper reports
+// the error.
+func (e *Engine) anyDue(ctx context.Context, now int64, next func() (int64, bool, error)) bool {
+	due, ok, err := next()
+	return err != nil || (ok && due <= now) || ctx.Err() != nil
 }
 
 // nextSend is when a row sent for the sends-th time is due again. A row no

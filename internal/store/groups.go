@@ -47,6 +47,7 @@ MAX(CASE WHEN state = 'DEAD' AND undelivered = 0 THEN group_name END) FROM {p}de
 FROM {p}deliveries d JOIN {p}outbox o ON o.id = d.outbox_id
 WHERE d.group_name = ? AND d.state IN ('PENDING', 'RECEIVED') AND d.due_at <= ? AND o.publisher = ?
 ORDER BY d.due_at, d.outbox_id LIMIT ?`
+	qNextDeliveryDue     = `SELECT MIN(due_at) FROM {p}deliveries WHERE group_name = ? AND state IN ('PENDING', 'RECEIVED')`
 	qDeliverySent        = `UPDATE {p}deliveries SET sends = ?, due_at = ?, updated_at = ? WHERE outbox_id = ? AND group_name = ?`
 	qDeliveryUndelivered = `UPDATE {p}deliveries SET state = 'DEAD', undelivered = 1, replay = 0, last_error = ?, updated_at = ?
 WHERE outbox_id = ? AND group_name = ?`
@@ -195,6 +196,12 @@ func (s *Store) DueDeliveries(ctx context.Context, q Querier, publisher, group s
 		out = append(out, d)
 	}
 	return out, rows.Err()
+}
+
+// NextDeliveryDue returns the earliest due time of group's open deliveries,
+// of any publisher on the database; ok is false when there is none.
+func (s *Store) NextDeliveryDue(ctx context.Context, q Querier, group string) (due int64, ok bool, err error) {
+	return nextDue(ctx, q, s.q(qNextDeliveryDue), group)
 }
 
 // DeliverySent records a delivery's send count and next due time.

@@ -155,7 +155,7 @@ FROM {p}inbox WHERE consumer = ? GROUP BY event_name, handler, state`
 
 var allQueries = []string{
 	qMaterialize, qMaterialized, qLazyOf, qTracked, qDeliveryReceived, qDeliveryCompleted, qDeliveryDead, qDeliveryCounts, qSetOutboxState,
-	qDueDeliveries, qDeliverySent, qDeliveryUndelivered, qUpsertGroup, qLoadGroups, qForgetGroup, qDropDeliveries,
+	qDueDeliveries, qNextDeliveryDue, qDeliverySent, qDeliveryUndelivered, qUpsertGroup, qLoadGroups, qForgetGroup, qDropDeliveries,
 	qAddCounter, qCounter, qRecallDeliveries, qRecallDeadDeliveries, qReplayDeliveries, qReplayRows, qReplayMark, qGroupCounts, qUntrack, qMetaGet, qMetaSet,
 	qInsertOutbox, qDueOutbox, qNextOutboxDue, qSentMany, qOutboxDead, qAckTarget, qAckReceived, qAckCompleted, qAckDead,
 	qCompleteOutbox, qRecallOutgoing, qRecallDeadOutbox, qRecallDeadInbox, qDeleteOutbox, qDeleteOutboxDead, qDeleteInbox, qDeleteInboxDead,

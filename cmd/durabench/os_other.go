@@ -7,3 +7,7 @@ import "os/exec"
 // dieWithParent does nothing where there is no parent-death signal; Stop
 // and the drain's context still end the processes on a normal exit.
 func dieWithParent(*exec.Cmd) {}
+
+// settleDisk does nothing here; on Linux it flushes the page cache between
+// workloads.
+func settleDisk() {}
