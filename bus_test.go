@@ -202,6 +202,83 @@ func TestBus_Publish_RejectsInvalidEvents(t *testing.T) {
 	})
 }
 
+func TestBus_PublishBatch(t *testing.T) {
+	t.Parallel()
+
+	t.Run("AllDeliveredInOneCommit", func(t *testing.T) {
+		t.Parallel()
+		b := setup(t)
+		got := make(chan durabus.Envelope[userCreated], 100)
+		require.NoError(t, durabus.Handle(b.bus, func(_ context.Context, env durabus.Envelope[userCreated]) error {
+			got <- env
+			return nil
+		}))
+		events := make([]durabus.Event, 50)
+		for i := range events {
+			events[i] = userCreated{ID: fmt.Sprintf("u%d", i)}
+		}
+
+		ids, err := b.bus.PublishBatch(t.Context(), events, durabus.WithCorrelationID("import-7"))
+		require.NoError(t, err)
+		require.Len(t, ids, len(events))
+
+		// Every row is committed when PublishBatch returns, in order.
+		rows, err := outboxRows(b.db, "1 = 1")
+		require.NoError(t, err)
+		require.Len(t, rows, len(events))
+		for i, r := range rows {
+			require.Equal(t, string(ids[i]), r.EventID, "row %d", i)
+		}
+		want := map[durabus.EventID]string{}
+		for i, id := range ids {
+			want[id] = fmt.Sprintf("u%d", i)
+		}
+		require.Len(t, want, len(ids), "the IDs are distinct")
+		for range events {
+			env := receive(t, got)
+			require.Equal(t, want[env.EventID], env.Payload.ID, "event %s", env.EventID)
+			require.Equal(t, "import-7", env.CorrelationID, "the options apply to every event")
+			delete(want, env.EventID)
+		}
+		require.Empty(t, want)
+		for _, id := range ids {
+			waitOutbox(t, b.db, id, "COMPLETED")
+		}
+	})
+
+	t.Run("OneBadEventRejectsTheBatch", func(t *testing.T) {
+		t.Parallel()
+		b := setup(t)
+
+		ids, err := b.bus.PublishBatch(t.Context(), []durabus.Event{userCreated{ID: "u1"}, userCreated{ID: ""}, userCreated{ID: "u3"}})
+		var ve *durabus.ValidationError
+		require.ErrorAs(t, err, &ve)
+		require.ErrorIs(t, err, durabus.ErrInvalidPayload)
+		require.ErrorContains(t, err, "event 1")
+		require.Nil(t, ids)
+		require.Zero(t, countOutbox(t, b.db), "nothing is written for a rejected batch")
+	})
+
+	t.Run("Empty", func(t *testing.T) {
+		t.Parallel()
+		b := setup(t)
+
+		ids, err := b.bus.PublishBatch(t.Context(), nil)
+		require.NoError(t, err)
+		require.Empty(t, ids)
+		require.Zero(t, countOutbox(t, b.db))
+	})
+
+	t.Run("ClosedBus", func(t *testing.T) {
+		t.Parallel()
+		b := setup(t)
+		closeBus(t, b.bus)
+
+		_, err := b.bus.PublishBatch(t.Context(), []durabus.Event{userCreated{ID: "u1"}})
+		require.ErrorIs(t, err, durabus.ErrClosed)
+	})
+}
+
 func TestBus_PublishTx(t *testing.T) {
 	t.Parallel()
 

@@ -109,6 +109,23 @@ func ExampleBus_Publish_validation() {
 	// durabus: invalid payload for "order.placed": cents must be positive
 }
 
+// PublishBatch stores many events with one commit: all of them, or none.
+func ExampleBus_PublishBatch() {
+	ctx := context.Background()
+	bus, closeAll := exampleBus(durabus.Config{})
+	defer closeAll()
+
+	orders := []durabus.Event{OrderPlaced{OrderID: "1", Cents: 100}, OrderPlaced{OrderID: "2", Cents: 250}}
+	ids, err := bus.PublishBatch(ctx, orders)
+	fmt.Println(len(ids), err)
+
+	_, err = bus.PublishBatch(ctx, []durabus.Event{OrderPlaced{OrderID: "3", Cents: 300}, OrderPlaced{OrderID: "4"}})
+	fmt.Println(err)
+	// Output:
+	// 2 <nil>
+	// durabus: invalid payload for "order.placed": cents must be positive (event 1 of the batch)
+}
+
 // PublishTx writes the event in the caller's transaction: it exists only if
 // the transaction commits.
 func ExampleBus_PublishTx() {

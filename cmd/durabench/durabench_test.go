@@ -99,8 +99,9 @@ func TestSmoke(t *testing.T) {
 	assert.Equal(t, cfg.n(defaultRawN), res.Raw.N)
 	assert.Equal(t, cfg.n(defaultNaiveN), res.Naive.N)
 	assert.Equal(t, cfg.n(defaultE2EN), res.E2E.N)
+	assert.Equal(t, cfg.n(defaultE2EN), res.E2EBatch.N)
 	assert.Equal(t, cfg.n(defaultDrainN), res.Drain.N)
-	for _, row := range []throughputRow{{Key: "naive", T: res.Naive}, {Key: "e2e", T: res.E2E}, {Key: "publish", T: res.Publish}, {Key: "drain", T: res.Drain}} {
+	for _, row := range []throughputRow{{Key: "naive", T: res.Naive}, {Key: "e2e", T: res.E2E}, {Key: "e2e-batch", T: res.E2EBatch}, {Key: "publish", T: res.Publish}, {Key: "drain", T: res.Drain}} {
 		if row.T != nil {
 			assert.Contains(t, row.T.Note, "verified", row.Key)
 		}

@@ -199,48 +199,88 @@ func countingHandler(n *atomic.Int64) handlerFunc {
 // until every outbox row of the publisher is COMPLETED, that is until the
 // consumer reported every handler done. The counts are then checked in
 // both files.
-func runE2E(ctx context.Context, w *workEnv, r *results) (err error) {
+func runE2E(ctx context.Context, w *workEnv, r *results) error {
 	n := w.cfg.n(defaultE2EN)
+	t, err := endToEnd(ctx, w, n, func(ctx context.Context, pub *benchBus) (time.Duration, error) {
+		return publishAll(ctx, pub, n, e2ePublishers)
+	})
+	if err != nil {
+		return err
+	}
+	t.Note = fmt.Sprintf("%d events, %d publishers, 2 buses; %s", n, e2ePublishers, t.Note)
+	r.E2E = t
+	return nil
+}
+
+// runE2EBatch is runE2E with one goroutine that publishes batches of
+// batchSize events with PublishBatch, one commit each, as the naive loop
+// commits its batches.
+func runE2EBatch(ctx context.Context, w *workEnv, r *results) error {
+	n := w.cfg.n(defaultE2EN)
+	t, err := endToEnd(ctx, w, n, func(ctx context.Context, pub *benchBus) (time.Duration, error) {
+		start := time.Now()
+		batch := make([]benchEvent, 0, batchSize)
+		for seq := 0; seq < n; seq += len(batch) {
+			batch = batch[:0]
+			for i := seq; i < min(seq+batchSize, n); i++ {
+				batch = append(batch, newEvent(i))
+			}
+			if _, err := pub.PublishBatch(ctx, batch); err != nil {
+				return 0, fmt.Errorf("publish events %d..%d: %w", seq, seq+len(batch)-1, err)
+			}
+		}
+		return time.Since(start), nil
+	})
+	if err != nil {
+		return err
+	}
+	t.Note = fmt.Sprintf("%d events, PublishBatch of %d from 1 goroutine, 2 buses; %s", n, batchSize, t.Note)
+	r.E2EBatch = t
+	return nil
+}
+
+// endToEnd runs an end-to-end workload of n events that publish publishes
+// on the publishing bus.
+func endToEnd(ctx context.Context, w *workEnv, n int, publish func(context.Context, *benchBus) (time.Duration, error)) (t *throughput, err error) {
 	var handled atomic.Int64
 	pub, err := openBus(ctx, w, "bench-pub", "", nil)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	defer func() { err = errors.Join(err, closeAll(pub)) }()
 	con, err := openBus(ctx, w, "bench-con", "", countingHandler(&handled))
 	if err != nil {
-		return err
+		return nil, err
 	}
 	defer func() { err = errors.Join(err, closeAll(con)) }()
 	if err := waitForGroup(ctx, w, pub, con.name); err != nil {
-		return err
+		return nil, err
 	}
 
 	stopProfile, err := startCPUProfile(w.cfg.CPUProfile)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	start := time.Now()
-	published, err := publishAll(ctx, pub, n, e2ePublishers)
+	published, err := publish(ctx, pub)
 	if err != nil {
-		return errors.Join(err, stopProfile())
+		return nil, errors.Join(err, stopProfile())
 	}
 	w.logf("%d published in %.1fs (%.0f/s); waiting for the consumer", n, published.Seconds(), float64(n)/published.Seconds())
 	err = waitCompleted(ctx, w, pub, n, &handled, completeTimeout)
 	elapsed := time.Since(start)
 	if err := errors.Join(err, stopProfile()); err != nil {
-		return err
+		return nil, err
 	}
 	if err := closeAll(pub, con); err != nil {
-		return err
+		return nil, err
 	}
 	pub, con = nil, nil // closed: the deferred closeAll skips them
 	if _, _, err := verifyCompleted(ctx, w.path("bench-pub.db"), w.path("bench-con.db"), n); err != nil {
-		return fmt.Errorf("after the run: %w", err)
+		return nil, fmt.Errorf("after the run: %w", err)
 	}
-	r.E2E = &throughput{N: n, Elapsed: elapsed, Note: fmt.Sprintf("%d events, %d publishers, 2 buses; publish took %.1fs; verified %d+%d COMPLETED",
-		n, e2ePublishers, published.Seconds(), n, n)}
-	return nil
+	return &throughput{N: n, Elapsed: elapsed, Note: fmt.Sprintf("publish took %.1fs; verified %d+%d COMPLETED",
+		published.Seconds(), n, n)}, nil
 }
 
 // runPublish measures Publish alone: 64 (publishers) goroutines publish on one

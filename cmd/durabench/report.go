@@ -78,6 +78,7 @@ func (r *results) throughputRows() []throughputRow {
 		{"naive", "naive outbox + inbox", r.Naive, false},
 		{"insert", "SQLite insert ceiling", r.Insert, false},
 		{"e2e", "durabus end to end", r.E2E, true},
+		{"e2e-batch", "durabus end to end, PublishBatch", r.E2EBatch, true},
 		{"publish", "durabus Publish", r.Publish, true},
 		{"drain", "durabus drain after outage", r.Drain, true},
 	}

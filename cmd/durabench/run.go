@@ -43,7 +43,7 @@ const e2ePublishers = 256
 
 // workloadNames lists the workloads in the order they run and -only names
 // them.
-var workloadNames = []string{"raw", "naive", "insert", "e2e", "publish", "latency", "drain"}
+var workloadNames = []string{"raw", "naive", "insert", "e2e", "e2e-batch", "publish", "latency", "drain"}
 
 // config is one run's settings; main fills it from the flags, tests directly.
 type config struct {
@@ -120,10 +120,10 @@ type latencyResult struct {
 // results is everything one run measured. A workload that did not run (or
 // failed) leaves its field nil.
 type results struct {
-	Raw, Naive, Insert, E2E, Publish, Drain *throughput
-	Latency                                 []latencyResult // at 1k/s, then 10k/s
-	DrainPeakRSSMB                          float64
-	Errors                                  map[string]error // by workload
+	Raw, Naive, Insert, E2E, E2EBatch, Publish, Drain *throughput
+	Latency                                           []latencyResult // at 1k/s, then 10k/s
+	DrainPeakRSSMB                                    float64
+	Errors                                            map[string]error // by workload
 
 	Redis  string // version and where
 	Scale  float64
@@ -167,13 +167,14 @@ func (w *workEnv) path(name string) string { return filepath.Join(w.dir, name) }
 
 // workloads maps the workload names to what runs them.
 var workloads = map[string]func(ctx context.Context, w *workEnv, r *results) error{
-	"raw":     runRaw,
-	"naive":   runNaive,
-	"insert":  runInsert,
-	"e2e":     runE2E,
-	"publish": runPublish,
-	"latency": runLatency,
-	"drain":   runDrain,
+	"raw":       runRaw,
+	"naive":     runNaive,
+	"insert":    runInsert,
+	"e2e":       runE2E,
+	"e2e-batch": runE2EBatch,
+	"publish":   runPublish,
+	"latency":   runLatency,
+	"drain":     runDrain,
 }
 
 // run runs the selected workloads against one Redis and returns what they
