@@ -157,7 +157,8 @@ func TestOpen_ReopenKeepsRows(t *testing.T) {
 	require.NoError(t, err)
 	require.Equal(t, 2, s.Outbox.Unfinished(), "the rows survived the restart")
 
-	require.Equal(t, []int{1, 2, 3, 4}, schemaVersions(t, db), "each migration applied once")
+	require.Equal(t, []int{1, 2, 3, 4, 5}, schemaVersions(t, db), "each migration applied once")
+	checkStateConstraints(t, db)
 
 	// The relay carries on where the first bus stopped.
 	handled := newCalls()

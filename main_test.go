@@ -444,3 +444,45 @@ func schemaVersions(t *testing.T, db *sql.DB) []int {
 	require.NoError(t, rows.Err())
 	return versions
 }
+
+// checkStateConstraints checks the state constraints of schema 5 on db:
+// written with = rather than IN, so that no insert builds a temporary
+// b-tree, and still rejecting a state that is not one.
+func checkStateConstraints(t *testing.T, db *sql.DB) {
+	t.Helper()
+	inserts := map[string]string{
+		"durabus_outbox": `INSERT INTO durabus_outbox (event_id, event_name, publisher, state, message, due_at, created_at, updated_at)
+VALUES ('check', 'e', 'p', ?, x'00', 0, 0, 0)`,
+		"durabus_inbox": `INSERT INTO durabus_inbox (consumer, event_id, handler, event_name, publisher, state, message, due_at, created_at, updated_at)
+VALUES ('c', 'check', 'h', 'e', 'p', ?, x'00', 0, 0, 0)`,
+		"durabus_deliveries": `INSERT INTO durabus_deliveries (outbox_id, group_name, state, due_at, updated_at) VALUES (0, 'check', ?, 0, 0)`,
+	}
+	for table, insert := range inserts {
+		var text string
+		require.NoError(t, db.QueryRow(`SELECT sql FROM sqlite_schema WHERE type = 'table' AND name = ?`, table).Scan(&text))
+		require.Contains(t, text, "CHECK (state = ", table)
+		require.NotContains(t, text, "state IN (", table)
+
+		rows, err := db.Query("EXPLAIN "+insert, "COMPLETED")
+		require.NoError(t, err)
+		for rows.Next() {
+			cols := make([]any, 8)
+			ptrs := make([]any, len(cols))
+			for i := range cols {
+				ptrs[i] = &cols[i]
+			}
+			require.NoError(t, rows.Scan(ptrs...))
+			require.NotEqual(t, "OpenEphemeral", fmt.Sprint(cols[1]), "an insert into %s builds a temporary b-tree", table)
+		}
+		require.NoError(t, rows.Err())
+		require.NoError(t, rows.Close())
+
+		tx, err := db.Begin()
+		require.NoError(t, err)
+		_, err = tx.Exec(insert, "BOGUS")
+		require.ErrorContains(t, err, "CHECK constraint failed", table)
+		_, err = tx.Exec(insert, "COMPLETED")
+		require.NoError(t, err, table)
+		require.NoError(t, tx.Rollback())
+	}
+}

@@ -46,5 +46,7 @@ func TestOpen_UpgradesSchemaV3(t *testing.T) {
 	for _, k := range handled.keys() {
 		require.Equal(t, []int{1}, handled.attemptsOf(k), "event %s", k)
 	}
-	require.Equal(t, []int{1, 2, 3, 4}, schemaVersions(t, pub.db), "migrated from version 3")
+	require.Equal(t, []int{1, 2, 3, 4, 5}, schemaVersions(t, pub.db), "migrated from version 3")
+	checkStateConstraints(t, pub.db)
+	checkStateConstraints(t, con.db)
 }

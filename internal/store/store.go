@@ -140,6 +140,43 @@ func migrate(ctx context.Context, conn *sql.Conn, prefix string) (int, error) {
 	return version, nil
 }
 
+// editSchemaMarker starts a migration that edits sqlite_schema in place.
+const editSchemaMarker = "-- durabus:edit-schema"
+
+func execMigration(ctx context.Context, conn *sql.Conn, query string) error {
+	_, err := conn.ExecContext(ctx, query)
+	return err
+}
+
+// editSchema runs a migration that changes what the file format does not
+// hold (constraints) by editing sqlite_schema, as SQLite documents: with
+// writable_schema on, then with the schema version bumped so that every
+// connection reloads the schema, and the result parsed again before the
+// transaction commits.
+func editSchema(ctx context.Context, conn *sql.Conn, query string) error {
+	var version int64
+	if err := conn.QueryRowContext(ctx, "PRAGMA schema_version").Scan(&version); err != nil {
+		return err
+	}
+	if _, err := conn.ExecContext(ctx, "PRAGMA writable_schema = ON"); err != nil {
+		return err
+	}
+	_, err := conn.ExecContext(ctx, query)
+	if err == nil {
+		_, err = conn.ExecContext(ctx, "PRAGMA schema_version = "+strconv.FormatInt(version+1, 10))
+	}
+	if _, offErr := conn.ExecContext(ctx, "PRAGMA writable_schema = OFF"); err == nil {
+		err = offErr
+	}
+	if err != nil {
+		return err
+	}
+	// A schema that no longer parses fails here, and the transaction rolls
+	// back with the edit.
+	var n int
+	return conn.QueryRowContext(ctx, "SELECT COUNT(*) FROM sqlite_schema WHERE type = 'table'").Scan(&n)
+}
+
 func migrateTx(ctx context.Context, conn *sql.Conn, prefix string) (int, error) {
 	table := prefix + "schema"
 	if _, err := conn.ExecContext(ctx, "CREATE TABLE IF NOT EXISTS "+table+" (version INTEGER NOT NULL, applied_at INTEGER NOT NULL)"); err != nil {
@@ -154,7 +191,11 @@ func migrateTx(ctx context.Context, conn *sql.Conn, prefix string) (int, error) 
 		return 0, fmt.Errorf("%w: file has version %d, this code knows %d", ErrTooNew, current, len(all))
 	}
 	for _, m := range all[current:] {
-		if _, err := conn.ExecContext(ctx, strings.ReplaceAll(m.sql, "{p}", prefix)); err != nil {
+		run := execMigration
+		if strings.HasPrefix(m.sql, editSchemaMarker) {
+			run = editSchema
+		}
+		if err := run(ctx, conn, strings.ReplaceAll(m.sql, "{p}", prefix)); err != nil {
 			return 0, fmt.Errorf("migrate to version %d: %w", m.version, Classify(err))
 		}
 		if _, err := conn.ExecContext(ctx, "INSERT INTO "+table+" (version, applied_at) VALUES (?, ?)", m.version, time.Now().UnixMilli()); err != nil {
