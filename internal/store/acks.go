@@ -14,8 +14,7 @@ const (
 	// Rows whose one expected group is this one, without delivery rows.
 	qCompleteLazy = `UPDATE {p}outbox SET state = 'COMPLETED', last_error = NULL, dead_by = NULL, updated_at = ?
 WHERE id IN (SELECT o.id FROM json_each(?) AS j CROSS JOIN {p}outbox AS o ON o.event_id = j.value
-WHERE o.publisher = ? AND o.expected IS NOT NULL AND o.tracked = 1 AND o.expected ->> '$[0]' = ? AND o.state <> 'COMPLETED')
-RETURNING event_id`
+WHERE o.publisher = ? AND o.expected IS NOT NULL AND o.tracked = 1 AND o.expected ->> '$[0]' = ? AND o.state <> 'COMPLETED')`
 	// Other rows without delivery rows: they need them now.
 	qLazyAcked = `SELECT o.id FROM json_each(?) AS j CROSS JOIN {p}outbox AS o ON o.event_id = j.value
 WHERE o.publisher = ? AND o.expected IS NOT NULL AND o.state <> 'COMPLETED'`
@@ -46,14 +45,16 @@ func (s *Store) CompleteMany(ctx context.Context, q Querier, publisher, group st
 		if err != nil {
 			return err
 		}
-		done, err := column[string](ctx, s, q, qCompleteLazy, now, string(list), publisher, group)
+		res, err := q.ExecContext(ctx, s.q(qCompleteLazy), now, string(list), publisher, group)
 		if err != nil {
-			return fmt.Errorf("complete acknowledged rows: %w", err)
+			return fmt.Errorf("complete acknowledged rows: %w", Classify(err))
 		}
-		eventIDs = without(eventIDs, done)
-		if len(eventIDs) == 0 {
+		if n, err := res.RowsAffected(); err == nil && n == int64(len(eventIDs)) {
 			return nil
 		}
+		// Some rows need more (or were completed before). The statements
+		// below skip the rows that are COMPLETED now, so they can take the
+		// whole batch.
 	}
 	list, err := json.Marshal(eventIDs)
 	if err != nil {
@@ -97,24 +98,6 @@ func (s *Store) CompleteMany(ctx context.Context, q Querier, publisher, group st
 		}
 	}
 	return nil
-}
-
-// without returns ids less those in drop.
-func without(ids, drop []string) []string {
-	if len(drop) == 0 {
-		return ids
-	}
-	gone := make(map[string]bool, len(drop))
-	for _, id := range drop {
-		gone[id] = true
-	}
-	var out []string
-	for _, id := range ids {
-		if !gone[id] {
-			out = append(out, id)
-		}
-	}
-	return out
 }
 
 // column runs query and returns its one column.
