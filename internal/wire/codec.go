@@ -477,10 +477,23 @@ func decodeEnvelope(msg []byte, e *Envelope) error {
 	if s.i >= len(s.b) {
 		return errEOF
 	}
+	if s.b[s.i] == 'n' {
+		// json.Unmarshal leaves e as it is for null; Decode then finds
+		// what is missing.
+		if err := s.literal("null"); err != nil {
+			return err
+		}
+		s.ws()
+		if s.i != len(s.b) {
+			return s.syntax("after top-level value")
+		}
+		return nil
+	}
 	if s.b[s.i] != '{' {
-		// json.Unmarshal leaves e as it is for null and rejects the rest;
-		// either way the envelope is not one.
-		return errors.New("json: the envelope is not a JSON object")
+		if err := s.skip(0); err != nil {
+			return err
+		}
+		return errors.New("json: cannot unmarshal a non-object value into an envelope")
 	}
 	s.i++
 	s.ws()
