@@ -246,6 +246,30 @@ func TestBus_PublishBatch(t *testing.T) {
 		}
 	})
 
+	t.Run("LargerThanTheHandoff", func(t *testing.T) {
+		t.Parallel()
+		b := setup(t)
+		// More rows than the relay takes in memory: they wait in the table,
+		// due at once, and the relay's scan finds and sends them.
+		events := make([]durabus.Event, 9000)
+		for i := range events {
+			events[i] = userCreated{ID: fmt.Sprintf("u%d", i)}
+		}
+
+		ids, err := b.bus.PublishBatch(t.Context(), events)
+		require.NoError(t, err)
+		require.Len(t, ids, len(events))
+		eventually(t, func() error {
+			if n := b.ps.Published(); n < int64(len(events)) {
+				return fmt.Errorf("%d of %d events sent", n, len(events))
+			}
+			return nil
+		})
+		var unsent int
+		require.NoError(t, b.db.QueryRow(`SELECT COUNT(*) FROM durabus_outbox WHERE sends = 0`).Scan(&unsent))
+		require.Zero(t, unsent, "every row was sent from the table")
+	})
+
 	t.Run("OneBadEventRejectsTheBatch", func(t *testing.T) {
 		t.Parallel()
 		b := setup(t)
