@@ -365,6 +365,45 @@ func (s *scanner) hex4() (rune, error) {
 	return r, nil
 }
 
+// members reads the object at i (its '{' checked by the caller): for each
+// member it reads the key, unescaped when keys is set, and calls value
+// with the scanner at the member's value, which value must move past.
+func (s *scanner) members(keys bool, value func(key []byte) error) error {
+	s.i++ // the '{'
+	s.ws()
+	if s.next('}') {
+		return nil
+	}
+	for {
+		if s.i >= len(s.b) {
+			return errEOF
+		}
+		if s.b[s.i] != '"' {
+			return s.syntax("looking for beginning of object key string")
+		}
+		key, err := s.scanString(keys)
+		if err != nil {
+			return err
+		}
+		s.ws()
+		if !s.next(':') {
+			return s.syntax("after object key")
+		}
+		s.ws()
+		if err := value(key); err != nil {
+			return err
+		}
+		s.ws()
+		if s.next('}') {
+			return nil
+		}
+		if !s.next(',') {
+			return s.syntax("after object key:value pair")
+		}
+		s.ws()
+	}
+}
+
 // skip checks the value at i and moves past it; depth is how deeply it
 // nests.
 func (s *scanner) skip(depth int) error {
@@ -378,41 +417,24 @@ func (s *scanner) skip(depth int) error {
 		if depth+1 > maxDepth {
 			return errors.New("exceeded max depth")
 		}
-		s.i++
-		closing := byte('}')
-		if c == '[' {
-			closing = ']'
+		if c == '{' {
+			return s.members(false, func([]byte) error { return s.skip(depth + 1) })
 		}
+		s.i++
 		s.ws()
-		if s.next(closing) {
+		if s.next(']') {
 			return nil
 		}
 		for {
-			if c == '{' {
-				if s.i >= len(s.b) {
-					return errEOF
-				}
-				if s.b[s.i] != '"' {
-					return s.syntax("looking for beginning of object key string")
-				}
-				if err := s.skipString(); err != nil {
-					return err
-				}
-				s.ws()
-				if !s.next(':') {
-					return s.syntax("after object key")
-				}
-				s.ws()
-			}
 			if err := s.skip(depth + 1); err != nil {
 				return err
 			}
 			s.ws()
-			if s.next(closing) {
+			if s.next(']') {
 				return nil
 			}
 			if !s.next(',') {
-				return s.syntax("after object key:value pair or array element")
+				return s.syntax("after array element")
 			}
 			s.ws()
 		}
@@ -495,37 +517,8 @@ func decodeEnvelope(msg []byte, e *Envelope) error {
 		}
 		return errors.New("json: cannot unmarshal a non-object value into an envelope")
 	}
-	s.i++
-	s.ws()
-	if !s.next('}') {
-		for {
-			if s.i >= len(s.b) {
-				return errEOF
-			}
-			if s.b[s.i] != '"' {
-				return s.syntax("looking for beginning of object key string")
-			}
-			key, err := s.str()
-			if err != nil {
-				return err
-			}
-			s.ws()
-			if !s.next(':') {
-				return s.syntax("after object key")
-			}
-			s.ws()
-			if err := s.field(e, key); err != nil {
-				return err
-			}
-			s.ws()
-			if s.next('}') {
-				break
-			}
-			if !s.next(',') {
-				return s.syntax("after object key:value pair")
-			}
-			s.ws()
-		}
+	if err := s.members(true, func(key []byte) error { return s.field(e, string(key)) }); err != nil {
+		return err
 	}
 	s.ws()
 	if s.i != len(s.b) {
@@ -620,30 +613,10 @@ func (s *scanner) headers(e *Envelope) error {
 		}
 		return typeError("headers", "object")
 	}
-	s.i++
 	if e.Headers == nil {
 		e.Headers = map[string]string{}
 	}
-	s.ws()
-	if s.next('}') {
-		return nil
-	}
-	for {
-		if s.i >= len(s.b) {
-			return errEOF
-		}
-		if s.b[s.i] != '"' {
-			return s.syntax("looking for beginning of object key string")
-		}
-		k, err := s.str()
-		if err != nil {
-			return err
-		}
-		s.ws()
-		if !s.next(':') {
-			return s.syntax("after object key")
-		}
-		s.ws()
+	return s.members(true, func(k []byte) error {
 		if s.i >= len(s.b) {
 			return errEOF
 		}
@@ -653,25 +626,18 @@ func (s *scanner) headers(e *Envelope) error {
 			if err != nil {
 				return err
 			}
-			e.Headers[k] = v
+			e.Headers[string(k)] = v
 		case 'n':
 			if err := s.literal("null"); err != nil {
 				return err
 			}
-			e.Headers[k] = ""
+			e.Headers[string(k)] = ""
 		default:
 			if err := s.skip(2); err != nil {
 				return err
 			}
 			return typeError("headers", "string")
 		}
-		s.ws()
-		if s.next('}') {
-			return nil
-		}
-		if !s.next(',') {
-			return s.syntax("after object key:value pair")
-		}
-		s.ws()
-	}
+		return nil
+	})
 }
