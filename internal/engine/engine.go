@@ -294,10 +294,16 @@ func (e *Engine) isClosed() bool {
 
 // Write runs fn in the group-commit writer.
 func (e *Engine) Write(ctx context.Context, fn func(ctx context.Context, q store.Querier) error) error {
+	return e.writeThen(ctx, fn, nil)
+}
+
+// writeThen is Write with a hook that runs right after the commit (see
+// writer.DoThen).
+func (e *Engine) writeThen(ctx context.Context, fn func(ctx context.Context, q store.Querier) error, committed func()) error {
 	if e.isClosed() {
 		return ErrClosed
 	}
-	err := e.w.Do(ctx, fn)
+	err := e.w.DoThen(ctx, fn, committed)
 	if errors.Is(err, errWriterStopped) {
 		return ErrClosed
 	}
@@ -317,23 +323,25 @@ func (e *Engine) Publish(ctx context.Context, rows ...store.OutboxRow) error {
 			rows[i].Sends, rows[i].DueAt = 1, e.firstResend(rows[i])
 		}
 	}
-	err := e.Write(ctx, func(ctx context.Context, q store.Querier) error {
-		return e.st.InsertOutbox(ctx, q, rows...)
-	})
-	switch {
-	case !handed:
-		if err == nil {
+	// The rows reach the relay from the writer's goroutine, right after
+	// the commit: all rows of one commit in one push.
+	committed := func() {
+		if !handed {
 			wake(e.relayWake)
+			return
 		}
-	case err != nil:
-		e.handoff.release(len(rows))
-	default:
 		sends := make([]store.OutboxSend, len(rows))
 		for i, r := range rows {
 			sends[i] = store.OutboxSend{ID: r.ID, EventID: r.EventID, EventName: r.EventName, State: store.Pending,
 				Tracked: len(r.Groups), Message: r.Message}
 		}
 		e.handoff.push(sends)
+	}
+	err := e.writeThen(ctx, func(ctx context.Context, q store.Querier) error {
+		return e.st.InsertOutbox(ctx, q, rows...)
+	}, committed)
+	if err != nil && handed {
+		e.handoff.release(len(rows))
 	}
 	return err
 }

@@ -34,7 +34,10 @@ type op struct {
 	ctx  context.Context
 	fn   func(ctx context.Context, q store.Querier) error
 	lazy bool // its effect need not survive a power loss
-	done chan error
+	// committed, if set, runs on the writer's goroutine once the op's
+	// transaction is committed, before its caller hears of it.
+	committed func()
+	done      chan error
 }
 
 func newWriter(c *sql.Conn, synchronous string) *writer {
@@ -54,6 +57,14 @@ func newWriter(c *sql.Conn, synchronous string) *writer {
 // must only touch the database through q and must not keep q.
 func (w *writer) Do(ctx context.Context, fn func(ctx context.Context, q store.Querier) error) error {
 	return w.do(&op{ctx: ctx, fn: fn, done: make(chan error, 1)})
+}
+
+// DoThen is Do with committed called on the writer's goroutine right
+// after the commit, for all the ops of one commit in a row: what it hands
+// on (rows for the relay) travels together and without waiting for the
+// callers to wake up.
+func (w *writer) DoThen(ctx context.Context, fn func(ctx context.Context, q store.Querier) error, committed func()) error {
+	return w.do(&op{ctx: ctx, fn: fn, committed: committed, done: make(chan error, 1)})
 }
 
 // DoLazy is Do for work whose effect need not survive a power loss, because
@@ -171,13 +182,26 @@ func (w *writer) run(batch []*op) {
 	}
 	err := w.tx(live)
 	if !errors.Is(err, errRetryAlone) {
-		for _, o := range live {
-			o.done <- err
-		}
+		answer(live, err)
 		return
 	}
 	for _, o := range live {
-		o.done <- w.tx([]*op{o})
+		answer([]*op{o}, w.tx([]*op{o}))
+	}
+}
+
+// answer tells the callers of ops how their transaction ended, after the
+// hooks of a committed one ran.
+func answer(ops []*op, err error) {
+	if err == nil {
+		for _, o := range ops {
+			if o.committed != nil {
+				o.committed()
+			}
+		}
+	}
+	for _, o := range ops {
+		o.done <- err
 	}
 }
 

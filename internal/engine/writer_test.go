@@ -72,3 +72,30 @@ func TestWriterLazyWorkCommitsAndLeavesFullSync(t *testing.T) {
 		t.Fatalf("%d rows after the lazy insert, want 1", n)
 	}
 }
+
+func TestWriterRunsCommittedHookOnlyAfterCommit(t *testing.T) {
+	w := openWriter(t)
+	insert := func(ctx context.Context, q store.Querier) error {
+		_, err := q.ExecContext(ctx, "INSERT INTO t VALUES (1)")
+		return err
+	}
+	ran := false
+	if err := w.DoThen(context.Background(), insert, func() { ran = true }); err != nil {
+		t.Fatal(err)
+	}
+	if !ran {
+		t.Fatal("the hook of a committed op did not run before Do returned")
+	}
+
+	ran = false
+	err := w.DoThen(context.Background(), func(ctx context.Context, q store.Querier) error {
+		_, err := q.ExecContext(ctx, "INSERT INTO missing VALUES (1)")
+		return err
+	}, func() { ran = true })
+	if err == nil {
+		t.Fatal("an insert into a missing table succeeded")
+	}
+	if ran {
+		t.Fatal("the hook ran for an op whose transaction failed")
+	}
+}
