@@ -324,7 +324,7 @@ func (e *Engine) Publish(ctx context.Context, rows ...store.OutboxRow) error {
 		}
 	}
 	// The rows reach the relay from the writer's goroutine, right after
-	// the commit: all rows of one commit in one push.
+	// the commit, so that the rows of one commit arrive together.
 	committed := func() {
 		if !handed {
 			wake(e.relayWake)

@@ -275,7 +275,7 @@ func (e *Engine) relayGroup(ctx context.Context, group string, now int64) (int, 
 	var resend []store.DeliverySend
 	var ask []store.DeliverySend
 	handled := 0
-	if !e.anyDue(ctx, now, func() (int64, bool, error) { return e.st.NextDeliveryDue(ctx, e.rd, group) }) {
+	if !anyDue(now, func() (int64, bool, error) { return e.st.NextDeliveryDue(ctx, e.rd, group) }) {
 		return 0, nil
 	}
 	err := e.w.Do(ctx, func(ctx context.Context, q store.Querier) error {

@@ -140,7 +140,7 @@ const nudgePoll = 20 * time.Millisecond
 // it claimed.
 func (e *Engine) relayOnce(ctx context.Context) (int, error) {
 	now := e.nowMS()
-	if !e.anyDue(ctx, now, func() (int64, bool, error) { return e.st.NextOutboxDue(ctx, e.rd, e.cfg.Name) }) {
+	if !anyDue(now, func() (int64, bool, error) { return e.st.NextOutboxDue(ctx, e.rd, e.cfg.Name) }) {
 		return 0, nil
 	}
 	var due []store.OutboxSend
@@ -210,9 +210,9 @@ func (e *Engine) relayOnce(ctx context.Context) (int, error) {
 // queue behind the commits of Publish calls, nor hold up handed-over rows
 // while it waits. A failed read counts as due, and the scan proper reports
 // the error.
-func (e *Engine) anyDue(ctx context.Context, now int64, next func() (int64, bool, error)) bool {
+func anyDue(now int64, next func() (int64, bool, error)) bool {
 	due, ok, err := next()
-	return err != nil || (ok && due <= now) || ctx.Err() != nil
+	return err != nil || (ok && due <= now)
 }
 
 // nextSend is when a row sent for the sends-th time is due again. A row no

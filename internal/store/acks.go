@@ -38,13 +38,13 @@ WHERE o.publisher = ? AND o.tracked = 0 AND o.state <> 'COMPLETED')`
 // of publisher, as ApplyAck would one by one. replay says whether the acks
 // are about replayed runs.
 func (s *Store) CompleteMany(ctx context.Context, q Querier, publisher, group string, replay bool, eventIDs []string, now int64) error {
+	list, err := json.Marshal(eventIDs)
+	if err != nil {
+		return err
+	}
 	if !replay { // a replay has delivery rows
 		// Most acks complete an event this group alone was expected to
 		// handle; only the others need the statements below.
-		list, err := json.Marshal(eventIDs)
-		if err != nil {
-			return err
-		}
 		res, err := q.ExecContext(ctx, s.q(qCompleteLazy), now, string(list), publisher, group)
 		if err != nil {
 			return fmt.Errorf("complete acknowledged rows: %w", Classify(err))
@@ -55,10 +55,6 @@ func (s *Store) CompleteMany(ctx context.Context, q Querier, publisher, group st
 		// Some rows need more (or were completed before). The statements
 		// below skip the rows that are COMPLETED now, so they can take the
 		// whole batch.
-	}
-	list, err := json.Marshal(eventIDs)
-	if err != nil {
-		return err
 	}
 	if _, err := q.ExecContext(ctx, s.q(qCompleteUntracked), now, string(list), publisher); err != nil {
 		return fmt.Errorf("complete acknowledged rows: %w", Classify(err))
