@@ -49,37 +49,48 @@ const (
 // is the events over the time until the subscriber has them all.
 func runRaw(ctx context.Context, w *workEnv, r *results) error {
 	n := w.cfg.n(defaultRawN)
-	pubClient, err := newRedisClient(w.redisURL)
+	elapsed, err := pipe(ctx, w, n, nil, func(context.Context, []*redis.Message) error { return nil })
 	if err != nil {
 		return err
+	}
+	r.Raw = &throughput{N: n, Elapsed: elapsed, Note: fmt.Sprintf("%d events; pipelines of %d PUBLISH, 1 subscriber, nothing stored", n, batchSize)}
+	return nil
+}
+
+// pipe publishes events 0..n-1 in pipelines of batchSize through one Redis
+// client to a subscriber on another, handing each batch to store (if not
+// nil) before it is published and what arrives to consume. It returns the
+// time until consume returned for the last event.
+func pipe(ctx context.Context, w *workEnv, n int,
+	store func(ctx context.Context, ids []string, batch [][]byte) error,
+	consume func(context.Context, []*redis.Message) error) (time.Duration, error) {
+	pubClient, err := newRedisClient(w.redisURL)
+	if err != nil {
+		return 0, err
 	}
 	defer func() { _ = pubClient.Close() }()
 	subClient, err := newRedisClient(w.redisURL)
 	if err != nil {
-		return err
+		return 0, err
 	}
 	defer func() { _ = subClient.Close() }()
 	channel := w.prefix + "events"
 	msgs, closeSub, err := subscribe(ctx, subClient, channel, n)
 	if err != nil {
-		return err
+		return 0, err
 	}
 	defer closeSub()
 
 	var elapsed time.Duration
 	g, gctx := newGroup(ctx)
 	start := time.Now()
-	g.Go(func() error { return publishBatches(gctx, pubClient, channel, n, nil) })
+	g.Go(func() error { return publishBatches(gctx, pubClient, channel, n, store) })
 	g.Go(func() error {
-		err := receive(gctx, msgs, n, func(context.Context, []*redis.Message) error { return nil })
+		err := receive(gctx, msgs, n, consume)
 		elapsed = time.Since(start)
 		return err
 	})
-	if err := g.Wait(); err != nil {
-		return err
-	}
-	r.Raw = &throughput{N: n, Elapsed: elapsed, Note: fmt.Sprintf("%d events; pipelines of %d PUBLISH, 1 subscriber, nothing stored", n, batchSize)}
-	return nil
+	return elapsed, g.Wait()
 }
 
 // runNaive measures the naive outbox and inbox loop. The publisher inserts
@@ -100,16 +111,6 @@ func runNaive(ctx context.Context, w *workEnv, r *results) error {
 		return err
 	}
 	defer func() { _ = inDB.Close() }()
-	pubClient, err := newRedisClient(w.redisURL)
-	if err != nil {
-		return err
-	}
-	defer func() { _ = pubClient.Close() }()
-	subClient, err := newRedisClient(w.redisURL)
-	if err != nil {
-		return err
-	}
-	defer func() { _ = subClient.Close() }()
 	outInsert, err := outDB.PrepareContext(ctx, naiveOutboxInsert)
 	if err != nil {
 		return fmt.Errorf("prepare outbox insert: %w", err)
@@ -125,12 +126,6 @@ func runNaive(ctx context.Context, w *workEnv, r *results) error {
 		return fmt.Errorf("prepare inbox update: %w", err)
 	}
 	defer func() { _ = inDone.Close() }()
-	channel := w.prefix + "events"
-	msgs, closeSub, err := subscribe(ctx, subClient, channel, n)
-	if err != nil {
-		return err
-	}
-	defer closeSub()
 
 	// store is the publisher's outbox write: one transaction per batch.
 	store := func(ctx context.Context, ids []string, batch [][]byte) error {
@@ -172,16 +167,8 @@ func runNaive(ctx context.Context, w *workEnv, r *results) error {
 		})
 	}
 
-	var elapsed time.Duration
-	g, gctx := newGroup(ctx)
-	start := time.Now()
-	g.Go(func() error { return publishBatches(gctx, pubClient, channel, n, store) })
-	g.Go(func() error {
-		err := receive(gctx, msgs, n, consume)
-		elapsed = time.Since(start)
-		return err
-	})
-	if err := g.Wait(); err != nil {
+	elapsed, err := pipe(ctx, w, n, store, consume)
+	if err != nil {
 		return err
 	}
 

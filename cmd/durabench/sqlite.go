@@ -7,8 +7,11 @@ import (
 	"fmt"
 	"net/url"
 	"strings"
+	"time"
 
 	_ "modernc.org/sqlite" // the "sqlite" database/sql driver, as durabus uses
+
+	"github.com/durabus/durabus/internal/store"
 )
 
 // The durabus tables the workloads count rows in (default TablePrefix).
@@ -18,14 +21,9 @@ const (
 )
 
 // openSQLite opens the file at path with one connection in WAL mode with
-// synchronous=FULL, the settings durabus runs with by default.
+// synchronous=FULL, as durabus opens its own files by default.
 func openSQLite(ctx context.Context, path string) (*sql.DB, error) {
-	v := url.Values{}
-	v.Add("_pragma", "busy_timeout(5000)")
-	v.Add("_pragma", "journal_mode(WAL)")
-	v.Add("_pragma", "synchronous(FULL)")
-	v.Add("_txlock", "immediate")
-	db, err := sql.Open("sqlite", "file:"+path+"?"+v.Encode())
+	db, err := sql.Open("sqlite", store.DSN(path, 5*time.Second, "FULL"))
 	if err != nil {
 		return nil, fmt.Errorf("open %s: %w", path, err)
 	}
