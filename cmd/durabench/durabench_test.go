@@ -107,8 +107,10 @@ func TestSmoke(t *testing.T) {
 		}
 	}
 	require.Len(t, res.Latency, 2)
-	for _, l := range res.Latency {
+	require.NotNil(t, res.DiskFloor, "the latency workload measures the disk alone")
+	for _, l := range append(res.Latency, *res.DiskFloor) {
 		assert.Positive(t, l.Samples)
+		assert.Positive(t, l.P50)
 		assert.LessOrEqual(t, l.P50, l.P99)
 		assert.LessOrEqual(t, l.P99, l.P999)
 	}
@@ -224,8 +226,9 @@ func sampleResults() *results {
 			{Rate: 1000, Issued: 999.8, Samples: 4500, P50: 1.234, P99: 4.5678, P999: 9.1},
 			{Rate: 10000, Issued: 6195.4, Samples: 45000, P50: 2.5, P99: 14.25, P999: 120},
 		},
-		Errors: map[string]error{"drain": errors.New("the drain child failed: <boom> & more")},
-		Redis:  "Redis 7.0.15", Scale: 1, CPUs: 2, GoVer: "go1.26.8",
+		DiskFloor: &latencyResult{Rate: 1000, Issued: 1000, Samples: 4500, P50: 0.18, P99: 0.35, P999: 0.69},
+		Errors:    map[string]error{"drain": errors.New("the drain child failed: <boom> & more")},
+		Redis:     "Redis 7.0.15", Scale: 1, CPUs: 2, GoVer: "go1.26.8",
 		Total: 5*time.Minute + 12*time.Second, Finish: time.Date(2026, 11, 25, 12, 0, 0, 0, time.UTC),
 	}
 }
@@ -245,6 +248,7 @@ func TestReport(t *testing.T) {
 		"durabus drain after outage", "FAILED",
 		"at 1,000/s offered", "1.23", "4.57", "9.10", "issued 1,000/s",
 		"at 10,000/s offered", "14.25", "120.00", "issued 6,195/s (saturated",
+		"disk alone: write + fsync", "0.18", "0.35", "0.69", "16 KiB each, 1,000/s",
 		"drain FAILED: the drain child failed: <boom> & more",
 		"total 5m12s",
 	} {

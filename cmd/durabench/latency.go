@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"math"
+	"os"
 	"slices"
 	"sync/atomic"
 	"time"
@@ -26,7 +27,8 @@ const warmupShare = 0.1
 // rate, so that one slow Publish call does not lower the offered rate; each
 // event carries the time just before its Publish call, and the handler
 // records its own time minus that one. Each phase waits until every one of
-// its events was handled before the next starts.
+// its events was handled before the next starts. Before the buses open, it
+// times the disk alone (measureDiskFloor).
 func runLatency(ctx context.Context, w *workEnv, r *results) (err error) {
 	phase := w.cfg.latencyPhase()
 	counts := make([]int, len(latencyRates))
@@ -45,6 +47,9 @@ func runLatency(ctx context.Context, w *workEnv, r *results) (err error) {
 			handled.Add(1)
 		}
 		return nil
+	}
+	if r.DiskFloor, err = measureDiskFloor(ctx, w, phase); err != nil {
+		return err
 	}
 	pub, err := openBus(ctx, w, "bench-pub", "", nil)
 	if err != nil {
@@ -107,6 +112,56 @@ func runLatency(ctx context.Context, w *workEnv, r *results) (err error) {
 		r.Latency = nil
 	}
 	return err
+}
+
+// diskFloorBytes is what the disk-floor probe writes before each fsync:
+// about the WAL frames of one Publish committed alone (a table page and
+// three index pages).
+const diskFloorBytes = 16 << 10
+
+// diskFloorSlots is how many diskFloorBytes slots the probe's file cycles
+// through, so that it overwrites a file of fixed size, as SQLite reuses its
+// WAL after a checkpoint.
+const diskFloorSlots = 256
+
+// measureDiskFloor times one write of diskFloorBytes and its fsync, on a
+// file in the workload's directory, issued at the first latency rate for
+// phase: the disk's own share of the latency of a Publish that commits
+// alone, measured in the same run and on the same disk as the buses.
+func measureDiskFloor(ctx context.Context, w *workEnv, phase time.Duration) (*latencyResult, error) {
+	rate := latencyRates[0]
+	n := max(int(float64(rate)*phase.Seconds()), 1)
+	f, err := os.OpenFile(w.path("disk-floor.probe"), os.O_RDWR|os.O_CREATE|os.O_TRUNC, 0o600)
+	if err != nil {
+		return nil, fmt.Errorf("disk floor: %w", err)
+	}
+	defer func() { _ = f.Close() }()
+	buf := make([]byte, diskFloorBytes)
+	lat := make([]atomic.Int64, n)
+	tick := time.NewTicker(time.Millisecond)
+	defer tick.Stop()
+	start := time.Now()
+	for done := 0; done < n; {
+		select {
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		case <-tick.C:
+		}
+		for due := min(int(float64(rate)*time.Since(start).Seconds()), n); done < due; done++ {
+			t := time.Now()
+			if _, err := f.WriteAt(buf, int64(done%diskFloorSlots)*diskFloorBytes); err != nil {
+				return nil, fmt.Errorf("disk floor: %w", err)
+			}
+			if err := f.Sync(); err != nil {
+				return nil, fmt.Errorf("disk floor: %w", err)
+			}
+			lat[done].Store(max(time.Since(t).Nanoseconds(), 1))
+		}
+	}
+	res := percentiles(lat[int(float64(n)*warmupShare):])
+	res.Rate, res.Issued = rate, float64(n)/time.Since(start).Seconds()
+	w.logf("disk floor at %d/s: p50 %.2f ms, p99 %.2f ms, p999 %.2f ms", rate, res.P50, res.P99, res.P999)
+	return &res, nil
 }
 
 // pace sends the numbers first..first+n-1 on jobs at rate per second,

@@ -123,6 +123,11 @@ func writeTable(w io.Writer, r *results) error {
 			fmt.Fprintf(&b, latFmt, "at "+commas(float64(l.Rate))+"/s offered",
 				fmt.Sprintf("%.2f", l.P50), fmt.Sprintf("%.2f", l.P99), fmt.Sprintf("%.2f", l.P999), note)
 		}
+		if d := r.DiskFloor; d != nil {
+			fmt.Fprintf(&b, latFmt, "disk alone: write + fsync",
+				fmt.Sprintf("%.2f", d.P50), fmt.Sprintf("%.2f", d.P99), fmt.Sprintf("%.2f", d.P999),
+				fmt.Sprintf("%d KiB each, %s/s, same disk: the floor under a Publish committed alone", diskFloorBytes>>10, commas(float64(d.Rate))))
+		}
 	}
 	writeTargets(&b, r)
 	if len(r.Errors) > 0 {

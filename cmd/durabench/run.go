@@ -125,6 +125,10 @@ type results struct {
 	DrainPeakRSSMB                                    float64
 	Errors                                            map[string]error // by workload
 
+	// DiskFloor is the disk alone at the first latency rate: one write of
+	// diskFloorBytes and an fsync (see measureDiskFloor).
+	DiskFloor *latencyResult
+
 	Redis  string // version and where
 	Scale  float64
 	CPUs   int
