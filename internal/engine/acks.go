@@ -17,6 +17,7 @@ import (
 
 const (
 	maxAcksPerMessage = 512
+	maxKeptAcks       = 4 * maxAcksPerMessage // room kept per publisher between flushes
 	ackSendTimeout    = 5 * time.Second
 )
 
@@ -24,11 +25,16 @@ type ackSender struct {
 	e       *Engine
 	mu      sync.Mutex
 	pending map[string][]wire.Ack // by publisher
-	kick    chan struct{}
+	queued  int                   // acks in pending
+	// spare is the map of the previous flush, its slices emptied: the next
+	// flush swaps it in, so that a busy consumer queues acks into slices
+	// that already have room. Only the loop touches it.
+	spare map[string][]wire.Ack
+	kick  chan struct{}
 }
 
 func newAckSender(e *Engine) *ackSender {
-	return &ackSender{e: e, pending: map[string][]wire.Ack{}, kick: make(chan struct{}, 1)}
+	return &ackSender{e: e, pending: map[string][]wire.Ack{}, spare: map[string][]wire.Ack{}, kick: make(chan struct{}, 1)}
 }
 
 var wireStatus = map[string]string{store.Received: wire.AckReceived, store.Completed: wire.AckCompleted, store.Dead: wire.AckDead}
@@ -37,6 +43,7 @@ var wireStatus = map[string]string{store.Received: wire.AckReceived, store.Compl
 func (s *ackSender) add(publisher string, a store.Ack) {
 	s.mu.Lock()
 	s.pending[publisher] = append(s.pending[publisher], wire.Ack{EventID: a.EventID, Status: wireStatus[a.Status], Error: a.Error, Replay: a.Replay})
+	s.queued++
 	s.mu.Unlock()
 	wake(s.kick)
 }
@@ -57,12 +64,23 @@ func (s *ackSender) loop(ctx context.Context) {
 func (s *ackSender) flush() {
 	s.mu.Lock()
 	batch := s.pending
-	if len(batch) == 0 {
+	if s.queued == 0 {
 		s.mu.Unlock()
 		return
 	}
-	s.pending = map[string][]wire.Ack{}
+	s.pending, s.spare, s.queued = s.spare, nil, 0
 	s.mu.Unlock()
+	defer func() {
+		for publisher, acks := range batch {
+			if cap(acks) > maxKeptAcks {
+				delete(batch, publisher) // a burst's slice is not kept
+				continue
+			}
+			clear(acks) // let the sent IDs go
+			batch[publisher] = acks[:0]
+		}
+		s.spare = batch
+	}()
 	ctx, cancel := context.WithTimeout(context.Background(), ackSendTimeout)
 	defer cancel()
 	for publisher, acks := range batch {

@@ -330,12 +330,7 @@ func (e *Engine) Publish(ctx context.Context, rows ...store.OutboxRow) error {
 			wake(e.relayWake)
 			return
 		}
-		sends := make([]store.OutboxSend, len(rows))
-		for i, r := range rows {
-			sends[i] = store.OutboxSend{ID: r.ID, EventID: r.EventID, EventName: r.EventName, State: store.Pending,
-				Tracked: len(r.Groups), Message: r.Message}
-		}
-		e.handoff.push(sends)
+		e.handoff.push(rows)
 	}
 	err := e.writeThen(ctx, func(ctx context.Context, q store.Querier) error {
 		return e.st.InsertOutbox(ctx, q, rows...)

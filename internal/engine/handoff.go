@@ -36,10 +36,13 @@ func (h *handoff) reserve(n int) bool {
 	return true
 }
 
-// push queues committed rows that reserve made room for.
-func (h *handoff) push(rows []store.OutboxSend) {
+// push queues committed rows that reserve made room for, as first sends.
+func (h *handoff) push(rows []store.OutboxRow) {
 	h.mu.Lock()
-	h.queue = append(h.queue, rows...)
+	for _, r := range rows {
+		h.queue = append(h.queue, store.OutboxSend{ID: r.ID, EventID: r.EventID, EventName: r.EventName, State: store.Pending,
+			Tracked: len(r.Groups), Message: r.Message})
+	}
 	h.mu.Unlock()
 	wake(h.signal)
 }
@@ -54,9 +57,11 @@ func (h *handoff) take(max int) []store.OutboxSend {
 	}
 	out := make([]store.OutboxSend, n)
 	copy(out, h.queue)
-	h.queue = h.queue[n:]
-	if len(h.queue) == 0 {
-		h.queue = nil // let the backing array go
+	clear(h.queue[:n]) // let the messages go
+	if n == len(h.queue) {
+		h.queue = h.queue[:0] // all taken: keep the room for the next rows
+	} else {
+		h.queue = h.queue[n:]
 	}
 	return out
 }
