@@ -56,7 +56,7 @@ func newWriter(c *sql.Conn, synchronous string) *writer {
 // Do runs fn in a write transaction and returns once it is committed. fn
 // must only touch the database through q and must not keep q.
 func (w *writer) Do(ctx context.Context, fn func(ctx context.Context, q store.Querier) error) error {
-	return w.do(&op{ctx: ctx, fn: fn, done: make(chan error, 1)})
+	return w.do(newOp(ctx, fn))
 }
 
 // DoThen is Do with committed called on the writer's goroutine right
@@ -64,7 +64,9 @@ func (w *writer) Do(ctx context.Context, fn func(ctx context.Context, q store.Qu
 // on (rows for the relay) travels together and without waiting for the
 // callers to wake up.
 func (w *writer) DoThen(ctx context.Context, fn func(ctx context.Context, q store.Querier) error, committed func()) error {
-	return w.do(&op{ctx: ctx, fn: fn, committed: committed, done: make(chan error, 1)})
+	o := newOp(ctx, fn)
+	o.committed = committed
+	return w.do(o)
 }
 
 // DoLazy is Do for work whose effect need not survive a power loss, because
@@ -72,7 +74,26 @@ func (w *writer) DoThen(ctx context.Context, fn func(ctx context.Context, q stor
 // consumer answers again). A commit of lazy work alone skips the fsync; a
 // later commit's fsync covers it, as the log is written in order.
 func (w *writer) DoLazy(ctx context.Context, fn func(ctx context.Context, q store.Querier) error) error {
-	return w.do(&op{ctx: ctx, fn: fn, lazy: true, done: make(chan error, 1)})
+	o := newOp(ctx, fn)
+	o.lazy = true
+	return w.do(o)
+}
+
+// ops are reused: one per call of a busy bus's Do adds up. An op goes back
+// to the pool only once its caller has its answer, when the writer no
+// longer holds it.
+var opPool = sync.Pool{New: func() any { return &op{done: make(chan error, 1)} }}
+
+func newOp(ctx context.Context, fn func(ctx context.Context, q store.Querier) error) *op {
+	o := opPool.Get().(*op)
+	o.ctx, o.fn = ctx, fn
+	return o
+}
+
+// recycle returns o, answered or never queued, to the pool.
+func (o *op) recycle() {
+	*o = op{done: o.done}
+	opPool.Put(o)
 }
 
 func (w *writer) do(o *op) error {
@@ -80,20 +101,24 @@ func (w *writer) do(o *op) error {
 	select {
 	case w.ops <- o:
 	case <-w.done:
+		o.recycle()
 		return errWriterStopped
 	case <-ctx.Done():
+		o.recycle()
 		return ctx.Err()
 	}
 	select {
 	case err := <-o.done:
+		o.recycle()
 		return err
 	case <-w.done:
 		// The loop drains the queue before it closes done.
 		select {
 		case err := <-o.done:
+			o.recycle()
 			return err
 		default:
-			return errWriterStopped
+			return errWriterStopped // o may still sit in the queue: not reused
 		}
 	}
 }
