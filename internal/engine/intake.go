@@ -28,23 +28,36 @@ type check struct {
 	mine bool // this bus should store it (it holds the claim, or has it)
 	seen bool // this bus stored it before
 	err  error
-	done chan struct{}
+	done chan struct{} // receives once, when the check ran
 }
+
+// checks are reused, as the writer's ops are: one goes back to the pool
+// once its caller has its answer, when checkLoop no longer holds it.
+var checkPool = sync.Pool{New: func() any { return &check{done: make(chan struct{}, 1)} }}
 
 // checkEvent runs the checks of env, batched with those of other messages.
 func (e *Engine) checkEvent(ctx context.Context, env *wire.Envelope) (mine, seen bool, err error) {
-	c := &check{env: env, done: make(chan struct{})}
+	c := checkPool.Get().(*check)
+	c.env = env
 	select {
 	case e.checks <- c:
 	case <-ctx.Done():
+		c.recycle()
 		return false, false, ctx.Err()
 	}
 	select {
 	case <-c.done:
-		return c.mine, c.seen, c.err
+		mine, seen, err = c.mine, c.seen, c.err
+		c.recycle()
+		return mine, seen, err
 	case <-ctx.Done():
-		return false, false, ctx.Err()
+		return false, false, ctx.Err() // c may still be checked: not reused
 	}
+}
+
+func (c *check) recycle() {
+	*c = check{done: c.done}
+	checkPool.Put(c)
 }
 
 // checkLoop answers checks until ctx ends.
@@ -69,7 +82,7 @@ func (e *Engine) checkLoop(ctx context.Context) {
 		}
 		e.runChecks(ctx, batch)
 		for _, c := range batch {
-			close(c.done)
+			c.done <- struct{}{}
 		}
 	}
 }
