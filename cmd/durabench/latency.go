@@ -138,36 +138,43 @@ func measureDiskFloor(ctx context.Context, w *workEnv, phase time.Duration) (*la
 	defer func() { _ = f.Close() }()
 	buf := make([]byte, diskFloorBytes)
 	lat := make([]atomic.Int64, n)
-	tick := time.NewTicker(time.Millisecond)
-	defer tick.Stop()
-	start := time.Now()
-	for done := 0; done < n; {
-		select {
-		case <-ctx.Done():
-			return nil, ctx.Err()
-		case <-tick.C:
+	took, err := paceEach(ctx, rate, n, func(i int) error {
+		t := time.Now()
+		if _, err := f.WriteAt(buf, int64(i%diskFloorSlots)*diskFloorBytes); err != nil {
+			return fmt.Errorf("disk floor: %w", err)
 		}
-		for due := min(int(float64(rate)*time.Since(start).Seconds()), n); done < due; done++ {
-			t := time.Now()
-			if _, err := f.WriteAt(buf, int64(done%diskFloorSlots)*diskFloorBytes); err != nil {
-				return nil, fmt.Errorf("disk floor: %w", err)
-			}
-			if err := f.Sync(); err != nil {
-				return nil, fmt.Errorf("disk floor: %w", err)
-			}
-			lat[done].Store(max(time.Since(t).Nanoseconds(), 1))
+		if err := f.Sync(); err != nil {
+			return fmt.Errorf("disk floor: %w", err)
 		}
+		lat[i].Store(max(time.Since(t).Nanoseconds(), 1))
+		return nil
+	})
+	if err != nil {
+		return nil, err
 	}
 	res := percentiles(lat[int(float64(n)*warmupShare):])
-	res.Rate, res.Issued = rate, float64(n)/time.Since(start).Seconds()
+	res.Rate, res.Issued = rate, float64(n)/took.Seconds()
 	w.logf("disk floor at %d/s: p50 %.2f ms, p99 %.2f ms, p999 %.2f ms", rate, res.P50, res.P99, res.P999)
 	return &res, nil
 }
 
-// pace sends the numbers first..first+n-1 on jobs at rate per second,
-// following a 1 ms ticker: at each tick it sends as many as are due since
-// it started. It returns how long it took.
+// pace sends the numbers first..first+n-1 on jobs at rate per second (see
+// paceEach). It returns how long it took.
 func pace(ctx context.Context, rate, n, first int, jobs chan<- int) (time.Duration, error) {
+	return paceEach(ctx, rate, n, func(i int) error {
+		select {
+		case jobs <- first + i:
+			return nil
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	})
+}
+
+// paceEach calls issue with 0..n-1 at rate per second, following a 1 ms
+// ticker: at each tick it issues as many as are due since it started. It
+// returns how long it took, or the first error of issue.
+func paceEach(ctx context.Context, rate, n int, issue func(i int) error) (time.Duration, error) {
 	tick := time.NewTicker(time.Millisecond)
 	defer tick.Stop()
 	start := time.Now()
@@ -177,12 +184,9 @@ func pace(ctx context.Context, rate, n, first int, jobs chan<- int) (time.Durati
 			return 0, ctx.Err()
 		case <-tick.C:
 		}
-		due := min(int(float64(rate)*time.Since(start).Seconds()), n)
-		for ; issued < due; issued++ {
-			select {
-			case jobs <- first + issued:
-			case <-ctx.Done():
-				return 0, ctx.Err()
+		for due := min(int(float64(rate)*time.Since(start).Seconds()), n); issued < due; issued++ {
+			if err := issue(issued); err != nil {
+				return 0, err
 			}
 		}
 	}
