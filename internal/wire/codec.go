@@ -393,15 +393,25 @@ func (s *scanner) members(keys bool, value func(key []byte) error) error {
 		if err := value(key); err != nil {
 			return err
 		}
-		s.ws()
-		if s.next('}') {
-			return nil
+		if more, err := s.more('}', "after object key:value pair"); !more || err != nil {
+			return err
 		}
-		if !s.next(',') {
-			return s.syntax("after object key:value pair")
-		}
-		s.ws()
 	}
+}
+
+// more moves past what follows an object member or an array element: the
+// closing byte (more is false) or a comma and the space after it (more is
+// true). after names the place in a syntax error.
+func (s *scanner) more(closing byte, after string) (more bool, err error) {
+	s.ws()
+	if s.next(closing) {
+		return false, nil
+	}
+	if !s.next(',') {
+		return false, s.syntax(after)
+	}
+	s.ws()
+	return true, nil
 }
 
 // skip checks the value at i and moves past it; depth is how deeply it
@@ -429,14 +439,9 @@ func (s *scanner) skip(depth int) error {
 			if err := s.skip(depth + 1); err != nil {
 				return err
 			}
-			s.ws()
-			if s.next(']') {
-				return nil
+			if more, err := s.more(']', "after array element"); !more || err != nil {
+				return err
 			}
-			if !s.next(',') {
-				return s.syntax("after array element")
-			}
-			s.ws()
 		}
 	case c == 't':
 		return s.literal("true")
