@@ -49,48 +49,50 @@ const (
 // is the events over the time until the subscriber has them all.
 func runRaw(ctx context.Context, w *workEnv, r *results) error {
 	n := w.cfg.n(defaultRawN)
-	elapsed, err := pipe(ctx, w, n, nil, func(context.Context, []*redis.Message) error { return nil })
+	elapsed, cpu, err := pipe(ctx, w, n, nil, func(context.Context, []*redis.Message) error { return nil })
 	if err != nil {
 		return err
 	}
-	r.Raw = &throughput{N: n, Elapsed: elapsed, Note: fmt.Sprintf("%d events; pipelines of %d PUBLISH, 1 subscriber, nothing stored", n, batchSize)}
+	r.Raw = &throughput{N: n, Elapsed: elapsed, CPU: cpu, Note: fmt.Sprintf("%d events; pipelines of %d PUBLISH, 1 subscriber, nothing stored", n, batchSize)}
 	return nil
 }
 
 // pipe publishes events 0..n-1 in pipelines of batchSize through one Redis
 // client to a subscriber on another, handing each batch to store (if not
 // nil) before it is published and what arrives to consume. It returns the
-// time until consume returned for the last event.
+// time until consume returned for the last event, and the CPU used.
 func pipe(ctx context.Context, w *workEnv, n int,
 	store func(ctx context.Context, ids []string, batch [][]byte) error,
-	consume func(context.Context, []*redis.Message) error) (time.Duration, error) {
+	consume func(context.Context, []*redis.Message) error) (time.Duration, *cpuUse, error) {
 	pubClient, err := newRedisClient(w.redisURL)
 	if err != nil {
-		return 0, err
+		return 0, nil, err
 	}
 	defer func() { _ = pubClient.Close() }()
 	subClient, err := newRedisClient(w.redisURL)
 	if err != nil {
-		return 0, err
+		return 0, nil, err
 	}
 	defer func() { _ = subClient.Close() }()
 	channel := w.prefix + "events"
 	msgs, closeSub, err := subscribe(ctx, subClient, channel, n)
 	if err != nil {
-		return 0, err
+		return 0, nil, err
 	}
 	defer closeSub()
 
 	var elapsed time.Duration
+	var cpu *cpuUse
 	g, gctx := newGroup(ctx)
-	start := time.Now()
+	watch := w.startWatch(ctx)
 	g.Go(func() error { return publishBatches(gctx, pubClient, channel, n, store) })
 	g.Go(func() error {
 		err := receive(gctx, msgs, n, consume)
-		elapsed = time.Since(start)
+		elapsed, cpu = watch.stop(ctx)
 		return err
 	})
-	return elapsed, g.Wait()
+	err = g.Wait()
+	return elapsed, cpu, err
 }
 
 // runNaive measures the naive outbox and inbox loop. The publisher inserts
@@ -167,7 +169,7 @@ func runNaive(ctx context.Context, w *workEnv, r *results) error {
 		})
 	}
 
-	elapsed, err := pipe(ctx, w, n, store, consume)
+	elapsed, cpu, err := pipe(ctx, w, n, store, consume)
 	if err != nil {
 		return err
 	}
@@ -182,7 +184,7 @@ func runNaive(ctx context.Context, w *workEnv, r *results) error {
 	if stored != n || done != n {
 		return fmt.Errorf("expected %d rows in each table, found outbox %d, inbox done %d", n, stored, done)
 	}
-	r.Naive = &throughput{N: n, Elapsed: elapsed, Note: fmt.Sprintf("%d events; outbox tx + pipeline per %d, inbox insert+update tx per batch; verified", n, batchSize)}
+	r.Naive = &throughput{N: n, Elapsed: elapsed, CPU: cpu, Note: fmt.Sprintf("%d events; outbox tx + pipeline per %d, inbox insert+update tx per batch; verified", n, batchSize)}
 	return nil
 }
 
@@ -201,7 +203,7 @@ func runInsert(ctx context.Context, w *workEnv, r *results) error {
 	}
 	defer func() { _ = insert.Close() }()
 
-	start := time.Now()
+	watch := w.startWatch(ctx)
 	for sent := 0; sent < n; sent += batchSize {
 		err := inTx(ctx, db, func(tx *sql.Tx) error {
 			st := tx.StmtContext(ctx, insert)
@@ -221,7 +223,7 @@ func runInsert(ctx context.Context, w *workEnv, r *results) error {
 			return err
 		}
 	}
-	elapsed := time.Since(start)
+	elapsed, cpu := watch.stop(ctx)
 
 	var stored int
 	if err := db.QueryRowContext(ctx, "SELECT count(*) FROM outbox").Scan(&stored); err != nil {
@@ -230,7 +232,7 @@ func runInsert(ctx context.Context, w *workEnv, r *results) error {
 	if stored != n {
 		return fmt.Errorf("expected %d rows, found %d", n, stored)
 	}
-	r.Insert = &throughput{N: n, Elapsed: elapsed, Note: fmt.Sprintf("%d events; %d per transaction, nothing sent", n, batchSize)}
+	r.Insert = &throughput{N: n, Elapsed: elapsed, CPU: cpu, Note: fmt.Sprintf("%d events; %d per transaction, nothing sent", n, batchSize)}
 	return nil
 }
 

@@ -39,6 +39,9 @@ type drainResult struct {
 	PeakRSSMB       float64 `json:"peak_rss_mb"`
 	OutboxCompleted int     `json:"outbox_completed"`
 	InboxCompleted  int     `json:"inbox_completed"`
+	// The CPU time the drain used, in the child and in Redis.
+	ProcessCPUSeconds float64 `json:"process_cpu_seconds"`
+	RedisCPUSeconds   float64 `json:"redis_cpu_seconds"`
 }
 
 // runDrain runs the drain workload in a child process (this executable
@@ -83,6 +86,10 @@ func runDrain(ctx context.Context, w *workEnv, r *results) error {
 	r.Drain = &throughput{
 		N:       n,
 		Elapsed: time.Duration(res.DrainSeconds * float64(time.Second)),
+		CPU: &cpuUse{
+			Process: time.Duration(res.ProcessCPUSeconds * float64(time.Second)),
+			Redis:   time.Duration(res.RedisCPUSeconds * float64(time.Second)),
+		},
 		Note: fmt.Sprintf("%d events published while Redis was unreachable (%.1fs), then drained; peak RSS %.0f MB; verified",
 			n, res.PublishSeconds, res.PeakRSSMB),
 	}
@@ -192,12 +199,17 @@ func drainChild(ctx context.Context, s drainSettings, stderr io.Writer) (res dra
 		return res, err
 	}
 	w.logf("%d published in %.1fs (%.0f/s) with Redis unreachable; bringing it back", s.N, published.Seconds(), float64(s.N)/published.Seconds())
+	meter, err := newRedisClient(s.RedisURL)
+	if err != nil {
+		return res, err
+	}
+	defer func() { _ = meter.Close() }()
+	watch := startWatch(ctx, meter)
 	px.SetUp(true)
-	back := time.Now()
 	if err := waitCompleted(ctx, w, pub, s.N, &handled, drainTimeout); err != nil {
 		return res, err
 	}
-	drained := time.Since(back)
+	drained, cpu := watch.stop(ctx)
 	w.logf("drained in %.1fs (%.0f/s)", drained.Seconds(), float64(s.N)/drained.Seconds())
 	if err := closeAll(pub, con); err != nil {
 		return res, err
@@ -218,6 +230,9 @@ func drainChild(ctx context.Context, s drainSettings, stderr io.Writer) (res dra
 		PeakRSSMB:       rss,
 		OutboxCompleted: out["COMPLETED"],
 		InboxCompleted:  in["COMPLETED"],
+
+		ProcessCPUSeconds: cpu.Process.Seconds(),
+		RedisCPUSeconds:   cpu.Redis.Seconds(),
 	}, nil
 }
 

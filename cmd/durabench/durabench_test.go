@@ -10,6 +10,7 @@ import (
 	"io"
 	"os"
 	"os/exec"
+	"runtime"
 	"slices"
 	"strings"
 	"sync/atomic"
@@ -94,6 +95,11 @@ func TestSmoke(t *testing.T) {
 	for _, row := range res.throughputRows() {
 		if assert.NotNil(t, row.T, row.Key) {
 			assert.Positive(t, row.T.EPS(), row.Key)
+			// The measured part's CPU time: the drain's comes from its child.
+			if assert.NotNil(t, row.T.CPU, row.Key) && runtime.GOOS == "linux" {
+				assert.Positive(t, row.T.CPU.Process, row.Key)
+				assert.GreaterOrEqual(t, row.T.CPU.Redis, time.Duration(0), row.Key)
+			}
 		}
 	}
 	assert.Equal(t, cfg.n(defaultRawN), res.Raw.N)
@@ -217,10 +223,11 @@ func (c capture) Publish(_ context.Context, _ string, msg []byte) error {
 func sampleResults() *results {
 	sec := func(s float64) time.Duration { return time.Duration(s * float64(time.Second)) }
 	return &results{
-		Raw:     &throughput{N: 500_000, Elapsed: sec(1.25), Note: "raw note"},
-		Naive:   &throughput{N: 200_000, Elapsed: sec(8), Note: "naive note"},
-		Insert:  &throughput{N: 200_000, Elapsed: sec(2), Note: "insert note"},
-		E2E:     &throughput{N: 200_000, Elapsed: sec(5), Note: "e2e note"},
+		Raw:    &throughput{N: 500_000, Elapsed: sec(1.25), Note: "raw note"},
+		Naive:  &throughput{N: 200_000, Elapsed: sec(8), Note: "naive note"},
+		Insert: &throughput{N: 200_000, Elapsed: sec(2), Note: "insert note"},
+		E2E: &throughput{N: 200_000, Elapsed: sec(5), Note: "e2e note",
+			CPU: &cpuUse{Process: sec(7), Redis: sec(0.5)}},
 		Publish: &throughput{N: 200_000, Elapsed: sec(4), Note: "publish note"},
 		Latency: []latencyResult{
 			{Rate: 1000, Issued: 999.8, Samples: 4500, P50: 1.234, P99: 4.5678, P999: 9.1},
@@ -243,7 +250,7 @@ func TestReport(t *testing.T) {
 		"raw Redis pub/sub", "400,000", "16.00×", // 500k in 1.25 s, 16 × naive's 25k/s
 		"naive outbox + inbox", "25,000", "1.00×",
 		"SQLite insert ceiling", "100,000", "4.00×",
-		"durabus end to end", "40,000", "1.60×",
+		"durabus end to end", "40,000", "1.60×", "35.0 + 2.5", "1.50", // 7 s + 0.5 s of CPU over 200k events in 5 s
 		"durabus Publish", "50,000", "2.00×",
 		"durabus drain after outage", "FAILED",
 		"at 1,000/s offered", "1.23", "4.57", "9.10", "issued 1,000/s",
@@ -372,20 +379,64 @@ func TestCommas(t *testing.T) {
 // TestTargets checks the comparison with the performance goals.
 func TestTargets(t *testing.T) {
 	r := sampleResults()
+	// On 2 CPUs: 1.5 × naive's 25,000/s leaves 2 s / 37,500 = 53.3 µs per
+	// event; 0.8 × the ceiling's 100,000/s leaves 25 µs. The e2e run used
+	// 7.5 s over 200,000 events; Publish has no CPU figures.
 	assert.Equal(t, []target{
-		{"end to end ≥ 1.5 × naive", "1.60×", true},
-		{"Publish ≥ 0.8 × insert ceiling", "0.50×", false},
-		{"p99 at 1,000/s ≤ 2 ms", "4.57 ms", false},
-		{"p99 at 10,000/s ≤ 5 ms", "14.25 ms", false},
+		{Goal: "end to end ≥ 1.5 × naive", Measured: "1.60×", Met: true, Budget: 53333 * time.Nanosecond, Used: 37500 * time.Nanosecond},
+		{Goal: "Publish ≥ 0.8 × insert ceiling", Measured: "0.50×", Met: false, Budget: 25 * time.Microsecond},
+		{Goal: "p99 at 1,000/s ≤ 2 ms", Measured: "4.57 ms", Met: false},
+		{Goal: "p99 at 10,000/s ≤ 5 ms", Measured: "14.25 ms", Met: false},
 	}, r.targets(), "the drain failed, so its goals are left out")
 
-	r.Drain = &throughput{N: 1_000_000, Elapsed: 10 * time.Second}
+	r.Drain = &throughput{N: 1_000_000, Elapsed: 10 * time.Second, CPU: &cpuUse{Process: 45 * time.Second, Redis: 5 * time.Second}}
 	r.DrainPeakRSSMB = 120
 	ts := r.targets()
-	assert.Equal(t, target{"drain ≥ 50,000 events/s", "100,000/s", true}, ts[len(ts)-2])
-	assert.Equal(t, target{"drain peak RSS ≤ 200 MB", "120 MB", true}, ts[len(ts)-1])
+	assert.Equal(t, target{Goal: "drain ≥ 50,000 events/s", Measured: "100,000/s", Met: true,
+		Budget: 40 * time.Microsecond, Used: 50 * time.Microsecond}, ts[len(ts)-2])
+	assert.Equal(t, target{Goal: "drain peak RSS ≤ 200 MB", Measured: "120 MB", Met: true}, ts[len(ts)-1])
 
 	var table bytes.Buffer
 	require.NoError(t, writeTable(&table, r))
-	assert.Contains(t, table.String(), "Publish ≥ 0.8 × insert ceiling           0.50×  no")
+	s := table.String()
+	assert.Contains(t, s, "Publish ≥ 0.8 × insert ceiling           0.50×  no           25.0 µs")
+	assert.Contains(t, s, "end to end ≥ 1.5 × naive                 1.60×  yes          53.3 µs        37.5 µs")
+	assert.Contains(t, s, "drain ≥ 50,000 events/s              100,000/s  yes          40.0 µs        50.0 µs")
+	assert.Contains(t, s, "leaves on 2 cores")
+}
+
+// TestParseRedisCPU reads the CPU time of the Redis server from INFO cpu.
+func TestParseRedisCPU(t *testing.T) {
+	info := "# CPU\r\nused_cpu_sys:1.250000\r\nused_cpu_user:2.500000\r\nused_cpu_sys_children:9.000000\r\n" +
+		"used_cpu_user_children:9.000000\r\nused_cpu_sys_main_thread:1.000000\r\n"
+	d, ok := parseRedisCPU(info)
+	require.True(t, ok)
+	assert.Equal(t, 3750*time.Millisecond, d, "the server's own user + sys, not its children's")
+
+	for _, bad := range []string{"", "# CPU\r\nused_cpu_sys:1.0\r\n", "used_cpu_sys:x\r\nused_cpu_user:1\r\n"} {
+		_, ok := parseRedisCPU(bad)
+		assert.False(t, ok, "%q", bad)
+	}
+}
+
+// TestStopwatchCountsCPU checks that a stopwatch sees CPU this process
+// spends between its start and stop.
+func TestStopwatchCountsCPU(t *testing.T) {
+	if runtime.GOOS != "linux" {
+		t.Skip("the CPU figures are read on Linux only")
+	}
+	watch := startWatch(context.Background(), nil)
+	began := processCPU()
+	deadline := time.Now().Add(10 * time.Second)
+	x := 0
+	for processCPU()-began < 20*time.Millisecond {
+		require.True(t, time.Now().Before(deadline), "processCPU did not advance while spinning")
+		for i := range 1_000_000 {
+			x += i
+		}
+	}
+	elapsed, cpu := watch.stop(context.Background())
+	assert.GreaterOrEqual(t, cpu.Process, 20*time.Millisecond, "spun %d", x)
+	assert.Zero(t, cpu.Redis, "no Redis client: Redis not counted")
+	assert.Positive(t, elapsed)
 }

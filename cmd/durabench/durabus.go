@@ -261,14 +261,14 @@ func endToEnd(ctx context.Context, w *workEnv, n int, publish func(context.Conte
 	if err != nil {
 		return nil, err
 	}
-	start := time.Now()
+	watch := w.startWatch(ctx)
 	published, err := publish(ctx, pub)
 	if err != nil {
 		return nil, errors.Join(err, stopProfile())
 	}
 	w.logf("%d published in %.1fs (%.0f/s); waiting for the consumer", n, published.Seconds(), float64(n)/published.Seconds())
 	err = waitCompleted(ctx, w, pub, n, &handled, completeTimeout)
-	elapsed := time.Since(start)
+	elapsed, cpu := watch.stop(ctx)
 	if err := errors.Join(err, stopProfile()); err != nil {
 		return nil, err
 	}
@@ -279,7 +279,7 @@ func endToEnd(ctx context.Context, w *workEnv, n int, publish func(context.Conte
 	if _, _, err := verifyCompleted(ctx, w.path("bench-pub.db"), w.path("bench-con.db"), n); err != nil {
 		return nil, fmt.Errorf("after the run: %w", err)
 	}
-	return &throughput{N: n, Elapsed: elapsed, Note: fmt.Sprintf("publish took %.1fs; verified %d+%d COMPLETED",
+	return &throughput{N: n, Elapsed: elapsed, CPU: cpu, Note: fmt.Sprintf("publish took %.1fs; verified %d+%d COMPLETED",
 		published.Seconds(), n, n)}, nil
 }
 
@@ -293,10 +293,11 @@ func runPublish(ctx context.Context, w *workEnv, r *results) (err error) {
 		return err
 	}
 	defer func() { err = errors.Join(err, closeAll(b)) }()
-	elapsed, err := publishAll(ctx, b, n, publishers)
-	if err != nil {
+	watch := w.startWatch(ctx)
+	if _, err := publishAll(ctx, b, n, publishers); err != nil {
 		return err
 	}
+	elapsed, cpu := watch.stop(ctx)
 	if err := closeAll(b); err != nil {
 		return err
 	}
@@ -313,7 +314,7 @@ func runPublish(ctx context.Context, w *workEnv, r *results) (err error) {
 	if total := c["PENDING"] + c["PROCESSING"] + c["COMPLETED"] + c["DEAD"]; total != n {
 		return fmt.Errorf("expected %d outbox rows, found %s", n, c)
 	}
-	r.Publish = &throughput{N: n, Elapsed: elapsed, Note: fmt.Sprintf("%d events, %d callers, each returns after its commit; verified", n, publishers)}
+	r.Publish = &throughput{N: n, Elapsed: elapsed, CPU: cpu, Note: fmt.Sprintf("%d events, %d callers, each returns after its commit; verified", n, publishers)}
 	return nil
 }
 

@@ -98,16 +98,18 @@ func writeTable(w io.Writer, r *results) error {
 	var b strings.Builder
 	fmt.Fprintf(&b, "durabench: %d-byte events, SQLite WAL synchronous=FULL, %s, %d CPUs, %s, scale %g\n\n",
 		eventSize, r.Redis, r.CPUs, r.GoVer, r.Scale)
-	const rowFmt = "%-34s %11s %9s  %s\n"
-	fmt.Fprintf(&b, rowFmt, "workload", "events/s", "vs naive", "notes")
+	const rowFmt = "%-34s %11s %9s %14s %6s  %s\n"
+	fmt.Fprintf(&b, rowFmt, "workload", "events/s", "vs naive", "CPU µs/event", "cores", "notes")
 	for _, row := range r.throughputRows() {
 		switch err := r.Errors[row.Key]; {
 		case err != nil:
-			fmt.Fprintf(&b, rowFmt, row.Label, "FAILED", "", oneLine(err.Error(), 100))
+			fmt.Fprintf(&b, rowFmt, row.Label, "FAILED", "", "", "", oneLine(err.Error(), 100))
 		case row.T != nil:
-			fmt.Fprintf(&b, rowFmt, row.Label, commas(row.T.EPS()), r.vsNaive(row.T.EPS()), row.T.Note)
+			perEvent, cores := row.T.cpuColumns()
+			fmt.Fprintf(&b, rowFmt, row.Label, commas(row.T.EPS()), r.vsNaive(row.T.EPS()), perEvent, cores, row.T.Note)
 		}
 	}
+	b.WriteString("CPU µs/event: this process + the Redis server, per event, over the measured part; cores: both over its wall time\n")
 	if len(r.Latency) > 0 || r.Errors["latency"] != nil {
 		const latFmt = "%-34s %8s %8s %8s  %s\n"
 		b.WriteString("\n")
@@ -141,6 +143,17 @@ func writeTable(w io.Writer, r *results) error {
 	fmt.Fprintf(&b, "\ntotal %s\n", r.Total.Round(time.Second))
 	_, err := io.WriteString(w, b.String())
 	return err
+}
+
+// cpuColumns formats t's CPU time per event (this process + Redis) and the
+// cores it kept busy; empty when t has no CPU figures.
+func (t *throughput) cpuColumns() (perEvent, cores string) {
+	if t.CPU == nil || t.N <= 0 || t.Elapsed <= 0 {
+		return "", ""
+	}
+	us := func(d time.Duration) float64 { return float64(d.Microseconds()) / float64(t.N) }
+	return fmt.Sprintf("%.1f + %.1f", us(t.CPU.Process), us(t.CPU.Redis)),
+		fmt.Sprintf("%.2f", t.CPU.Total().Seconds()/t.Elapsed.Seconds())
 }
 
 // commas formats x rounded to an integer, with thousands separators.

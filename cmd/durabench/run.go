@@ -13,6 +13,8 @@ import (
 	"slices"
 	"strings"
 	"time"
+
+	"github.com/redis/go-redis/v9"
 )
 
 // Default sizes of the workloads at -scale 1.
@@ -98,6 +100,7 @@ func (c *config) check() error {
 type throughput struct {
 	N       int
 	Elapsed time.Duration
+	CPU     *cpuUse // nil: not measured
 	Note    string
 }
 
@@ -164,7 +167,13 @@ type workEnv struct {
 	prefix   string    // channel prefix, unique to the run and the workload
 	start    time.Time // when the run started; progress lines count from it
 	logf     logFunc
+	// redis reads the Redis server's CPU time for stopwatches (nil: not
+	// counted).
+	redis *redis.Client
 }
+
+// startWatch starts timing the measured part of the workload.
+func (w *workEnv) startWatch(ctx context.Context) *stopwatch { return startWatch(ctx, w.redis) }
 
 // path is a file in the workload's directory.
 func (w *workEnv) path(name string) string { return filepath.Join(w.dir, name) }
@@ -226,6 +235,11 @@ func run(ctx context.Context, cfg config) (*results, error) {
 		where = srv.URL + " (started by durabench)"
 	}
 	logf("redis %s at %s; SQLite files in %s", srv.Version, where, dir)
+	meter, err := newRedisClient(srv.URL)
+	if err != nil {
+		return nil, err
+	}
+	defer func() { _ = meter.Close() }()
 
 	r := &results{
 		Errors: map[string]error{},
@@ -248,6 +262,7 @@ func run(ctx context.Context, cfg config) (*results, error) {
 			prefix:   "durabench:" + runID + ":" + name + ":",
 			start:    start,
 			logf:     func(format string, args ...any) { logf(name+": "+format, args...) },
+			redis:    meter,
 		}
 		if err := os.Mkdir(w.dir, 0o755); err != nil {
 			return nil, fmt.Errorf("%s: %w", name, err)

@@ -3,6 +3,7 @@ package main
 import (
 	"fmt"
 	"strings"
+	"time"
 )
 
 // target is one of the goals durabus is measured against.
@@ -10,6 +11,28 @@ type target struct {
 	Goal     string
 	Measured string
 	Met      bool
+	// For a throughput goal: the CPU time per event that the goal's rate
+	// leaves on this machine's cores (Budget), and what durabus used
+	// (Used); 0 when not known.
+	Budget, Used time.Duration
+}
+
+// budget is the CPU time per event that eps events per second leave on
+// cpus cores.
+func budget(cpus int, eps float64) time.Duration {
+	if cpus <= 0 || eps <= 0 {
+		return 0
+	}
+	return time.Duration(float64(cpus) / eps * float64(time.Second))
+}
+
+// perEvent is t's CPU time per event, this process and Redis; 0 when
+// unknown.
+func (t *throughput) perEvent() time.Duration {
+	if t == nil || t.CPU == nil || t.N <= 0 {
+		return 0
+	}
+	return t.CPU.Total() / time.Duration(t.N)
 }
 
 // targets compares r with the project's performance goals; a goal whose
@@ -21,7 +44,8 @@ func (r *results) targets() []target {
 			return
 		}
 		x := a.EPS() / b.EPS()
-		out = append(out, target{goal, fmt.Sprintf("%.2f×", x), x >= want})
+		out = append(out, target{Goal: goal, Measured: fmt.Sprintf("%.2f×", x), Met: x >= want,
+			Budget: budget(r.CPUs, want*b.EPS()), Used: a.perEvent()})
 	}
 	ratio("end to end ≥ 1.5 × naive", r.E2E, r.Naive, 1.5)
 	ratio("Publish ≥ 0.8 × insert ceiling", r.Publish, r.Insert, 0.8)
@@ -30,13 +54,14 @@ func (r *results) targets() []target {
 		if limit == 0 {
 			continue
 		}
-		out = append(out, target{fmt.Sprintf("p99 at %s/s ≤ %g ms", commas(float64(l.Rate)), limit),
-			fmt.Sprintf("%.2f ms", l.P99), l.P99 <= limit})
+		out = append(out, target{Goal: fmt.Sprintf("p99 at %s/s ≤ %g ms", commas(float64(l.Rate)), limit),
+			Measured: fmt.Sprintf("%.2f ms", l.P99), Met: l.P99 <= limit})
 	}
 	if r.Drain != nil {
 		out = append(out,
-			target{"drain ≥ 50,000 events/s", commas(r.Drain.EPS()) + "/s", r.Drain.EPS() >= 50_000},
-			target{"drain peak RSS ≤ 200 MB", fmt.Sprintf("%.0f MB", r.DrainPeakRSSMB), r.DrainPeakRSSMB <= 200})
+			target{Goal: "drain ≥ 50,000 events/s", Measured: commas(r.Drain.EPS()) + "/s", Met: r.Drain.EPS() >= 50_000,
+				Budget: budget(r.CPUs, 50_000), Used: r.Drain.perEvent()},
+			target{Goal: "drain peak RSS ≤ 200 MB", Measured: fmt.Sprintf("%.0f MB", r.DrainPeakRSSMB), Met: r.DrainPeakRSSMB <= 200})
 	}
 	return out
 }
@@ -47,14 +72,21 @@ func writeTargets(b *strings.Builder, r *results) {
 	if len(ts) == 0 {
 		return
 	}
-	const f = "%-34s %11s  %s\n"
+	const f = "%-34s %11s  %-4s %15s %14s\n"
 	b.WriteString("\n")
-	fmt.Fprintf(b, f, "target", "measured", "met")
+	fmt.Fprintf(b, f, "target", "measured", "met", "CPU/event goal", "CPU/event used")
+	us := func(d time.Duration) string {
+		if d <= 0 {
+			return ""
+		}
+		return fmt.Sprintf("%.1f µs", float64(d.Nanoseconds())/1e3)
+	}
 	for _, t := range ts {
 		met := "no"
 		if t.Met {
 			met = "yes"
 		}
-		fmt.Fprintf(b, f, t.Goal, t.Measured, met)
+		b.WriteString(strings.TrimRight(fmt.Sprintf(f, t.Goal, t.Measured, met, us(t.Budget), us(t.Used)), " \n") + "\n")
 	}
+	fmt.Fprintf(b, "CPU/event goal: the CPU time per event (process + Redis) that the goal's rate leaves on %d cores\n", r.CPUs)
 }
