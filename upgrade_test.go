@@ -4,6 +4,7 @@ import (
 	"os"
 	"path/filepath"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/require"
 
@@ -23,11 +24,12 @@ func TestOpen_UpgradesSchemaV3(t *testing.T) {
 		require.NoError(t, err)
 		require.NoError(t, os.WriteFile(filepath.Join(dir, name+".db"), b, 0o600))
 	}
+	clock := fixtureClock(t, filepath.Join(dir, "v3-publisher.db"), filepath.Join(dir, "v3-consumer.db"))
 	ps := newPubSub(t)
 	config := func(name string) durabus.Config {
 		cfg := groupConfig(t, ps, name)
 		cfg.Path = filepath.Join(dir, name+".db")
-		return cfg
+		return durabus.WithClock(cfg, clock)
 	}
 	pub := openNode(t, config("v3-publisher"))
 	con := openNode(t, config("v3-consumer"))
@@ -49,4 +51,31 @@ func TestOpen_UpgradesSchemaV3(t *testing.T) {
 	require.Equal(t, []int{1, 2, 3, 4, 5}, schemaVersions(t, pub.db), "migrated from version 3")
 	checkStateConstraints(t, pub.db)
 	checkStateConstraints(t, con.db)
+}
+
+// fixtureClock is a clock that runs at the wall clock's pace from an hour
+// after the newest time written in the files at paths: the files are
+// reopened as if an hour after they were written, when every due time in
+// them has passed. Retention and GroupTTL count from the files' own
+// timestamps, so on the real clock the fixtures would age with the
+// calendar: past GroupTTL their group is forgotten, past Retention their
+// COMPLETED row is deleted.
+func fixtureClock(t *testing.T, paths ...string) func() time.Time {
+	t.Helper()
+	var newest int64
+	for _, path := range paths {
+		db := inspect(t, path)
+		for _, q := range []string{
+			"SELECT coalesce(max(updated_at), 0) FROM durabus_outbox",
+			"SELECT coalesce(max(updated_at), 0) FROM durabus_inbox",
+			"SELECT coalesce(max(last_seen), 0) FROM durabus_groups",
+		} {
+			var ms int64
+			require.NoError(t, db.QueryRow(q).Scan(&ms), "%s: %s", path, q)
+			newest = max(newest, ms)
+		}
+	}
+	require.Positive(t, newest, "the fixtures hold no timestamp")
+	base, start := time.UnixMilli(newest).Add(time.Hour), time.Now()
+	return func() time.Time { return base.Add(time.Since(start)) }
 }
