@@ -150,7 +150,7 @@ func Open(ctx context.Context, cfg Config) (*Engine, error) {
 	e := &Engine{
 		cfg:       cfg,
 		st:        cfg.Store,
-		w:         newWriter(c, cfg.Synchronous),
+		w:         newWriter(ctx, c, cfg.Synchronous),
 		log:       cfg.Logger,
 		closed:    make(chan struct{}),
 		relayWake: make(chan struct{}, 1),

@@ -5,6 +5,7 @@ import (
 	"database/sql"
 	"errors"
 	"fmt"
+	"os"
 	"sync"
 	"time"
 
@@ -18,39 +19,116 @@ var errWriterStopped = errors.New("writer stopped")
 const maxBatch = 1000
 
 // writer owns the bus's single write connection. Callers hand it functions
-// to run in a transaction; it runs all that are waiting in one transaction
-// (group commit). A caller returns after the commit that holds its work.
+// to run in a transaction; a caller returns once the commit that holds its
+// work is on disk.
+//
+// Commits are pipelined with the disk. The writer runs each operation as
+// it arrives, inside an open transaction, while the syncer (a second
+// goroutine) fsyncs the write-ahead log for the previous commit. When the
+// syncer is free, the writer commits everything it ran meanwhile (group
+// commit; under load it lingers a moment for the callers of its previous
+// commit) and hands the commit over; the syncer fsyncs the log and answers
+// that commit's callers. So SQLite's work and the disk's overlap instead of
+// adding up, one fsync covers whatever arrived while the last one ran, and
+// an idle bus commits an operation at once. The connection itself commits
+// at synchronous=NORMAL (the log is written, not synced); the syncer's
+// fsync of the log file makes each commit as durable as FULL would before
+// anyone hears of it.
 type writer struct {
-	raw      *sql.Conn
-	conn     *prepared // raw, through statements prepared once
-	syncFull bool      // commits wait for an fsync, except lazy-only ones
-	ops      chan *op
-	quit     chan struct{}
-	done     chan struct{}
-	once     sync.Once
+	raw  *sql.Conn
+	conn *prepared // raw, through statements prepared once
+	// wal is the database's write-ahead log, which the syncer fsyncs; nil
+	// when commits need no fsync (synchronous=NORMAL) or sync themselves
+	// (FULL on a connection whose log file could not be opened).
+	wal     *os.File
+	slot    chan struct{} // holds a token while a commit is with the syncer
+	held    bool          // the loop put the token in for its next commit
+	commits chan *commit  // to the syncer
+	synced  chan struct{} // closed when the syncer has answered every commit
+	ops     chan *op
+	timer   *time.Timer // linger's, stopped between uses
+	// lingerFor is maxLinger; onLinger, if set, runs when linger starts to
+	// wait. Tests change them before the writer's first op.
+	lingerFor time.Duration
+	onLinger  func()
+	quit      chan struct{}
+	done      chan struct{}
+	once      sync.Once
+
+	syncs int // fsyncs of wal, for tests; the syncer's alone until done
 }
 
 type op struct {
 	ctx  context.Context
 	fn   func(ctx context.Context, q store.Querier) error
 	lazy bool // its effect need not survive a power loss
-	// committed, if set, runs on the writer's goroutine once the op's
-	// transaction is committed, before its caller hears of it.
+	// committed, if set, runs once the op's transaction is committed and
+	// on disk, before its caller hears of it.
 	committed func()
 	done      chan error
 }
 
-func newWriter(c *sql.Conn, synchronous string) *writer {
+// commit is one committed transaction's ops, on their way to the syncer.
+type commit struct {
+	ops  []*op
+	sync bool // some op's effect must survive a power loss
+}
+
+// newWriter starts the writer on c at the given synchronous setting. At
+// FULL it opens the database's write-ahead log for the syncer and lets c
+// commit at NORMAL; if the log cannot be opened, c stays at FULL and every
+// commit syncs itself.
+func newWriter(ctx context.Context, c *sql.Conn, synchronous string) *writer {
 	w := &writer{
-		raw:      c,
-		conn:     newPrepared(c),
-		syncFull: synchronous == "FULL",
-		ops:      make(chan *op, maxBatch),
-		quit:     make(chan struct{}),
-		done:     make(chan struct{}),
+		raw:     c,
+		conn:    newPrepared(c),
+		slot:    make(chan struct{}, 1),
+		commits: make(chan *commit, 1),
+		synced:  make(chan struct{}),
+		ops:     make(chan *op, maxBatch),
+		timer:   time.NewTimer(time.Hour),
+
+		lingerFor: maxLinger,
+		quit:      make(chan struct{}),
+		done:      make(chan struct{}),
 	}
+	w.timer.Stop()
+	if synchronous == "FULL" {
+		w.wal, _ = openWAL(ctx, c)
+	}
+	go w.syncLoop()
 	go w.loop()
 	return w
+}
+
+// openWAL opens the write-ahead log of c's database and sets c to commit
+// without syncing. fsync applies to a file, whichever descriptor wrote it,
+// so syncing this one makes c's commits durable.
+func openWAL(ctx context.Context, c *sql.Conn) (*os.File, error) {
+	var seq int
+	var name, path string
+	if err := c.QueryRowContext(ctx, "PRAGMA database_list").Scan(&seq, &name, &path); err != nil {
+		return nil, err
+	}
+	if path == "" {
+		return nil, errors.New("no database file")
+	}
+	// SQLite creates the log with the first write transaction.
+	if _, err := c.ExecContext(ctx, "BEGIN IMMEDIATE"); err != nil {
+		return nil, err
+	}
+	if _, err := c.ExecContext(ctx, "ROLLBACK"); err != nil {
+		return nil, err
+	}
+	wal, err := os.OpenFile(path+"-wal", os.O_RDWR, 0)
+	if err != nil {
+		return nil, err
+	}
+	if _, err := c.ExecContext(ctx, "PRAGMA synchronous = NORMAL"); err != nil {
+		_ = wal.Close()
+		return nil, err
+	}
+	return wal, nil
 }
 
 // Do runs fn in a write transaction and returns once it is committed. fn
@@ -59,9 +137,9 @@ func (w *writer) Do(ctx context.Context, fn func(ctx context.Context, q store.Qu
 	return w.do(newOp(ctx, fn))
 }
 
-// DoThen is Do with committed called on the writer's goroutine right
-// after the commit, for all the ops of one commit in a row: what it hands
-// on (rows for the relay) travels together and without waiting for the
+// DoThen is Do with committed called once the commit is on disk, for all
+// the ops of one commit in a row and in commit order: what it hands on
+// (rows for the relay) travels together and without waiting for the
 // callers to wake up.
 func (w *writer) DoThen(ctx context.Context, fn func(ctx context.Context, q store.Querier) error, committed func()) error {
 	o := newOp(ctx, fn)
@@ -71,7 +149,7 @@ func (w *writer) DoThen(ctx context.Context, fn func(ctx context.Context, q stor
 
 // DoLazy is Do for work whose effect need not survive a power loss, because
 // it is derived again if lost (an applied ack: the event is re-sent and the
-// consumer answers again). A commit of lazy work alone skips the fsync; a
+// consumer answers again). A commit of lazy work alone is not synced; a
 // later commit's fsync covers it, as the log is written in order.
 func (w *writer) DoLazy(ctx context.Context, fn func(ctx context.Context, q store.Querier) error) error {
 	o := newOp(ctx, fn)
@@ -112,7 +190,7 @@ func (w *writer) do(o *op) error {
 		o.recycle()
 		return err
 	case <-w.done:
-		// The loop drains the queue before it closes done.
+		// The loop and the syncer answer every queued op before done.
 		select {
 		case err := <-o.done:
 			o.recycle()
@@ -129,144 +207,228 @@ func (w *writer) stop() {
 	<-w.done
 }
 
+// loop runs transactions until stop: it opens one with the first op that
+// arrives, runs every op that arrives after it, and commits once the
+// syncer is free (after lingering under load) or the batch is full.
 func (w *writer) loop() {
 	defer close(w.done)
 	defer func() {
+		close(w.commits)
+		<-w.synced
+		if w.wal != nil {
+			_ = w.wal.Close()
+		}
 		w.conn.close()
 		_ = w.raw.Close()
 	}()
-	batch := make([]*op, 0, maxBatch)
-	linger := time.NewTimer(time.Hour)
-	linger.Stop()
-	last := 1 // size of the previous batch: the load
+	var t txn
+	last := 1 // ops in the previous commit: the load
 	for {
-		batch = batch[:0]
+		var first *op
 		select {
-		case o := <-w.ops:
-			batch = append(batch, o)
+		case first = <-w.ops:
 		case <-w.quit:
-			for {
-				select {
-				case o := <-w.ops:
-					w.run([]*op{o})
-				default:
-					return
-				}
-			}
+			w.drain(&t)
+			return
 		}
-	fill:
-		for len(batch) < maxBatch {
-			select {
-			case o := <-w.ops:
-				batch = append(batch, o)
-			default:
-				break fill
-			}
-		}
-		// Under load, the callers of the previous batch come back a moment
-		// after its commit: wait a little for them, so that one commit (one
-		// fsync) serves them all again. An idle writer does not wait.
-		if len(batch) < last {
-			linger.Reset(maxLinger)
-		wait:
-			for len(batch) < last {
-				select {
-				case o := <-w.ops:
-					batch = append(batch, o)
-				case <-linger.C:
-					break wait
-				}
-			}
-			linger.Stop()
-		}
-		last = len(batch)
-		w.run(batch)
-	}
-}
-
-// maxLinger bounds how long a loaded writer waits to fill a batch; it is
-// well under the time of the commit that it saves.
-const maxLinger = 500 * time.Microsecond
-
-// run executes a batch in one transaction and answers every caller. When
-// an operation fails, the transaction is rolled back and each operation runs
-// again in a transaction of its own, so one failure never undoes another
-// caller's work. Operations must therefore be safe to run again: they reset
-// whatever they report.
-func (w *writer) run(batch []*op) {
-	live := batch[:0:0]
-	for _, o := range batch {
-		if err := o.ctx.Err(); err != nil {
-			o.done <- err
+		if !w.begin(&t, first) {
 			continue
 		}
-		live = append(live, o)
-	}
-	if len(live) == 0 {
-		return
-	}
-	err := w.tx(live)
-	if !errors.Is(err, errRetryAlone) {
-		answer(live, err)
-		return
-	}
-	for _, o := range live {
-		answer([]*op{o}, w.tx([]*op{o}))
+	fill:
+		for t.open && len(t.ops) < maxBatch {
+			select {
+			case o := <-w.ops: // run what is queued before anything else
+				w.run(&t, o)
+				continue
+			default:
+			}
+			select {
+			case o := <-w.ops:
+				w.run(&t, o)
+			case w.slot <- struct{}{}:
+				w.held = true
+				w.linger(&t, last)
+				break fill
+			case <-w.quit:
+				w.drain(&t)
+				return
+			}
+		}
+		if !t.open { // an op failed; every op was answered
+			w.release()
+			last = 1
+			continue
+		}
+		last = len(t.ops)
+		w.commit(&t)
 	}
 }
 
-// answer tells the callers of ops how their transaction ended, after the
-// hooks of a committed one ran.
-func answer(ops []*op, err error) {
-	if err == nil {
-		for _, o := range ops {
-			if o.committed != nil {
-				o.committed()
-			}
+// maxLinger bounds how long a loaded writer, with the syncer free, waits
+// for more ops before it commits; it is well under the time of the commit
+// and fsync that it saves.
+const maxLinger = 500 * time.Microsecond
+
+// linger runs the ops that arrive within maxLinger while t holds fewer
+// than last: under load, the callers of the previous commit come back a
+// moment after they were answered, and one commit (one fsync) serves them
+// all again. An idle writer (last 1) does not wait.
+func (w *writer) linger(t *txn, last int) {
+	if len(t.ops) >= last {
+		return
+	}
+	if w.onLinger != nil {
+		w.onLinger()
+	}
+	w.timer.Reset(w.lingerFor)
+	defer w.timer.Stop()
+	for t.open && len(t.ops) < last {
+		select {
+		case o := <-w.ops:
+			w.run(t, o)
+		case <-w.timer.C:
+			return
 		}
 	}
-	for _, o := range ops {
+}
+
+// drain commits the open transaction and runs every op still queued, for
+// stop.
+func (w *writer) drain(t *txn) {
+	for {
+		if t.open {
+			w.commit(t)
+		}
+		select {
+		case o := <-w.ops:
+			w.begin(t, o)
+		default:
+			return
+		}
+	}
+}
+
+// txn is the open transaction and the ops it ran.
+type txn struct {
+	open bool
+	ops  []*op
+}
+
+// begin opens a transaction and runs o in it. It reports whether the
+// transaction is open.
+func (w *writer) begin(t *txn, o *op) bool {
+	if err := o.ctx.Err(); err != nil {
 		o.done <- err
+		return false
+	}
+	// A caller's deadline must not abort the others' commit.
+	if _, err := w.conn.ExecContext(context.Background(), "BEGIN IMMEDIATE"); err != nil {
+		o.done <- fmt.Errorf("begin: %w", store.Classify(err))
+		return false
+	}
+	t.open, t.ops = true, t.ops[:0]
+	w.run(t, o)
+	return t.open
+}
+
+// run runs o in the open transaction. When o fails, the transaction is
+// rolled back and each of its ops runs again in a transaction of its own,
+// so one failure never undoes another caller's work: ops must therefore be
+// safe to run again (they reset whatever they report).
+func (w *writer) run(t *txn, o *op) {
+	if err := o.ctx.Err(); err != nil {
+		o.done <- err
+		return
+	}
+	err := o.fn(context.Background(), w.conn)
+	if err == nil {
+		t.ops = append(t.ops, o)
+		return
+	}
+	_, _ = w.conn.ExecContext(context.Background(), "ROLLBACK")
+	t.open = false
+	if len(t.ops) == 0 {
+		o.done <- err
+		return
+	}
+	for _, again := range append(t.ops, o) {
+		w.alone(again)
+	}
+	t.ops = t.ops[:0]
+}
+
+// alone runs o in a transaction of its own, for run.
+func (w *writer) alone(o *op) {
+	var t txn
+	if w.begin(&t, o) {
+		w.commit(&t)
 	}
 }
 
-var errRetryAlone = errors.New("an operation failed")
+// acquire waits until the syncer is free for a commit, unless the writer
+// holds the slot already.
+func (w *writer) acquire() {
+	if !w.held {
+		w.slot <- struct{}{}
+		w.held = true
+	}
+}
 
-// tx runs ops in one transaction and commits when all succeed; otherwise it
-// rolls back and returns the error (errRetryAlone when ops share the
-// transaction).
-func (w *writer) tx(ops []*op) error {
-	ctx := context.Background() // a caller's deadline must not abort the others' commit
-	if w.syncFull && allLazy(ops) {
-		if _, err := w.conn.ExecContext(ctx, "PRAGMA synchronous = NORMAL"); err != nil {
-			return fmt.Errorf("set synchronous: %w", store.Classify(err))
+// release gives back the slot, if the writer holds it, when it has nothing
+// to commit.
+func (w *writer) release() {
+	if w.held {
+		<-w.slot
+		w.held = false
+	}
+}
+
+// commit commits the open transaction, once the syncer is free, and hands
+// its ops over; the syncer frees the slot.
+func (w *writer) commit(t *txn) {
+	w.acquire()
+	ops := make([]*op, len(t.ops))
+	copy(ops, t.ops)
+	t.open, t.ops = false, t.ops[:0]
+	if _, err := w.conn.ExecContext(context.Background(), "COMMIT"); err != nil {
+		_, _ = w.conn.ExecContext(context.Background(), "ROLLBACK")
+		w.release()
+		err = fmt.Errorf("commit: %w", store.Classify(err))
+		for _, o := range ops {
+			o.done <- err
 		}
-		defer func() { _, _ = w.conn.ExecContext(ctx, "PRAGMA synchronous = FULL") }()
+		return
 	}
-	if _, err := w.conn.ExecContext(ctx, "BEGIN IMMEDIATE"); err != nil {
-		return fmt.Errorf("begin: %w", store.Classify(err))
-	}
+	c := &commit{ops: ops}
 	for _, o := range ops {
-		if err := o.fn(ctx, w.conn); err != nil {
-			_, _ = w.conn.ExecContext(ctx, "ROLLBACK")
-			if len(ops) == 1 {
-				return err
+		c.sync = c.sync || !o.lazy
+	}
+	w.held = false // the syncer frees the slot
+	w.commits <- c
+}
+
+// syncLoop makes each commit durable, then runs its hooks and answers its
+// callers, in commit order, until the writer closes commits.
+func (w *writer) syncLoop() {
+	defer close(w.synced)
+	for c := range w.commits {
+		var err error
+		if c.sync && w.wal != nil {
+			w.syncs++
+			if serr := w.wal.Sync(); serr != nil {
+				err = fmt.Errorf("sync the write-ahead log: %w", serr)
 			}
-			return errRetryAlone
+		}
+		<-w.slot // the next commit may start while this one's callers wake
+		if err == nil {
+			for _, o := range c.ops {
+				if o.committed != nil {
+					o.committed()
+				}
+			}
+		}
+		for _, o := range c.ops {
+			o.done <- err
 		}
 	}
-	if _, err := w.conn.ExecContext(ctx, "COMMIT"); err != nil {
-		_, _ = w.conn.ExecContext(ctx, "ROLLBACK")
-		return fmt.Errorf("commit: %w", store.Classify(err))
-	}
-	return nil
-}
-
-func allLazy(ops []*op) bool {
-	for _, o := range ops {
-		if !o.lazy {
-			return false
-		}
-	}
-	return true
 }

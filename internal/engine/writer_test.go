@@ -3,7 +3,9 @@ package engine
 import (
 	"context"
 	"database/sql"
+	"errors"
 	"path/filepath"
+	"runtime"
 	"testing"
 	"time"
 
@@ -21,7 +23,7 @@ func openWriter(t *testing.T) *writer {
 	if err != nil {
 		t.Fatal(err)
 	}
-	w := newWriter(c, "FULL")
+	w := newWriter(context.Background(), c, "FULL")
 	t.Cleanup(w.stop)
 	if err := w.Do(context.Background(), func(ctx context.Context, q store.Querier) error {
 		_, err := q.ExecContext(ctx, "CREATE TABLE t (v INTEGER)")
@@ -32,44 +34,179 @@ func openWriter(t *testing.T) *writer {
 	return w
 }
 
-// synchronous reads the write connection's setting (2 is FULL).
-func synchronous(t *testing.T, w *writer) int {
-	t.Helper()
-	var v int
-	if err := w.Do(context.Background(), func(ctx context.Context, q store.Querier) error {
-		return q.QueryRowContext(ctx, "PRAGMA synchronous").Scan(&v)
-	}); err != nil {
-		t.Fatal(err)
-	}
-	return v
+// insertOne inserts a row into t.
+func insertOne(ctx context.Context, q store.Querier) error {
+	_, err := q.ExecContext(ctx, "INSERT INTO t VALUES (1)")
+	return err
 }
 
-func TestWriterLazyWorkCommitsAndLeavesFullSync(t *testing.T) {
-	w := openWriter(t)
-	var during int
-	if err := w.DoLazy(context.Background(), func(ctx context.Context, q store.Querier) error {
-		if err := q.QueryRowContext(ctx, "PRAGMA synchronous").Scan(&during); err != nil {
-			return err
-		}
-		_, err := q.ExecContext(ctx, "INSERT INTO t VALUES (1)")
-		return err
-	}); err != nil {
-		t.Fatal(err)
-	}
-	if during != 1 {
-		t.Fatalf("synchronous is %d during lazy-only work, want 1 (NORMAL)", during)
-	}
-	if got := synchronous(t, w); got != 2 {
-		t.Fatalf("synchronous is %d after lazy work, want 2 (FULL)", got)
-	}
+// rows counts the rows of t.
+func rows(t *testing.T, w *writer) int {
+	t.Helper()
 	var n int
 	if err := w.Do(context.Background(), func(ctx context.Context, q store.Querier) error {
 		return q.QueryRowContext(ctx, "SELECT COUNT(*) FROM t").Scan(&n)
 	}); err != nil {
 		t.Fatal(err)
 	}
-	if n != 1 {
-		t.Fatalf("%d rows after the lazy insert, want 1", n)
+	return n
+}
+
+// At FULL the connection commits at NORMAL and the syncer fsyncs the log
+// for every commit that holds durable work, and not for lazy work alone.
+func TestWriterSyncsTheLogExceptForLazyWork(t *testing.T) {
+	w := openWriter(t)
+	if w.wal == nil {
+		t.Fatal("the writer did not open the write-ahead log at FULL")
+	}
+	var sync int
+	if err := w.Do(context.Background(), func(ctx context.Context, q store.Querier) error {
+		return q.QueryRowContext(ctx, "PRAGMA synchronous").Scan(&sync)
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if sync != 1 {
+		t.Fatalf("the connection's synchronous is %d, want 1 (NORMAL): the syncer makes commits durable", sync)
+	}
+
+	before := w.syncs
+	if err := w.DoLazy(context.Background(), insertOne); err != nil {
+		t.Fatal(err)
+	}
+	if w.syncs != before {
+		t.Fatalf("lazy work alone was fsynced (%d fsyncs, want %d)", w.syncs, before)
+	}
+	if err := w.Do(context.Background(), insertOne); err != nil {
+		t.Fatal(err)
+	}
+	if w.syncs != before+1 {
+		t.Fatalf("%d fsyncs after a durable commit, want %d", w.syncs, before+1)
+	}
+	if n := rows(t, w); n != 2 {
+		t.Fatalf("%d rows, want 2", n)
+	}
+}
+
+// Callers that arrive together share commits, and one caller's failure
+// fails only that caller: the others' work is committed.
+func TestWriterSharesCommitsAndIsolatesFailures(t *testing.T) {
+	w := openWriter(t)
+	const callers = 200
+	errs := make(chan error, callers)
+	before := w.syncs
+	for i := range callers {
+		go func() {
+			if i%50 == 7 {
+				errs <- w.Do(context.Background(), func(ctx context.Context, q store.Querier) error {
+					_, err := q.ExecContext(ctx, "INSERT INTO missing VALUES (1)")
+					return err
+				})
+				return
+			}
+			errs <- w.Do(context.Background(), insertOne)
+		}()
+	}
+	failed := 0
+	for range callers {
+		if err := <-errs; err != nil {
+			failed++
+		}
+	}
+	if failed != 4 {
+		t.Fatalf("%d calls failed, want the 4 that insert into a missing table", failed)
+	}
+	if n := rows(t, w); n != callers-4 {
+		t.Fatalf("%d rows, want %d: a failure undid another caller's work", n, callers-4)
+	}
+	if got := w.syncs - before; got < 1 || got > callers {
+		t.Fatalf("%d fsyncs for %d callers", got, callers)
+	}
+}
+
+// An op that fails while the writer lingers, with the syncer's slot taken
+// for the next commit, makes every op of that transaction run again alone:
+// the one that failed fails again, the others commit.
+func TestWriterOpFailingWhileLingering(t *testing.T) {
+	w := openWriter(t)
+	w.lingerFor = time.Minute
+	lingering := make(chan struct{}, 1)
+	w.onLinger = func() { lingering <- struct{}{} }
+	ctx := context.Background()
+
+	// One commit of three ops, so that the writer lingers for three next.
+	started, release := make(chan struct{}), make(chan struct{})
+	errs := make(chan error, 3)
+	go func() {
+		errs <- w.Do(ctx, func(ctx context.Context, q store.Querier) error {
+			close(started)
+			<-release
+			return insertOne(ctx, q)
+		})
+	}()
+	<-started
+	for range 2 {
+		go func() { errs <- w.Do(ctx, insertOne) }()
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for len(w.ops) < 2 {
+		if time.Now().After(deadline) {
+			t.Fatal("the two ops never queued behind the blocked one")
+		}
+		runtime.Gosched()
+	}
+	close(release)
+	for range 3 {
+		if err := <-errs; err != nil {
+			t.Fatal(err)
+		}
+	}
+
+	// The next op waits for more; a failing one arrives meanwhile.
+	done := make(chan error, 2)
+	go func() { done <- w.Do(ctx, insertOne) }()
+	select {
+	case <-lingering:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the writer did not linger after a commit of three")
+	}
+	go func() {
+		done <- w.Do(ctx, func(ctx context.Context, q store.Querier) error {
+			_, err := q.ExecContext(ctx, "INSERT INTO missing VALUES (1)")
+			return err
+		})
+	}()
+	failed := 0
+	for range 2 {
+		select {
+		case err := <-done:
+			if err != nil {
+				failed++
+			}
+		case <-time.After(10 * time.Second):
+			t.Fatal("an op was never answered: the writer is stuck")
+		}
+	}
+	if failed != 1 {
+		t.Fatalf("%d ops failed, want 1", failed)
+	}
+	if n := rows(t, w); n != 4 {
+		t.Fatalf("%d rows, want 4", n)
+	}
+}
+
+// stop answers every op that was queued before it.
+func TestWriterStopAnswersQueuedOps(t *testing.T) {
+	w := openWriter(t)
+	const callers = 50
+	errs := make(chan error, callers)
+	for range callers {
+		go func() { errs <- w.Do(context.Background(), insertOne) }()
+	}
+	w.stop()
+	for range callers {
+		if err := <-errs; err != nil && !errors.Is(err, errWriterStopped) {
+			t.Fatalf("a call got %v, want nil or errWriterStopped", err)
+		}
 	}
 }
 
