@@ -297,7 +297,7 @@ func (e *Engine) Write(ctx context.Context, fn func(ctx context.Context, q store
 	return e.writeThen(ctx, fn, nil)
 }
 
-// writeThen is Write with a hook that runs right after the commit (see
+// writeThen is Write with a hook that runs once the commit is on disk (see
 // writer.DoThen).
 func (e *Engine) writeThen(ctx context.Context, fn func(ctx context.Context, q store.Querier) error, committed func()) error {
 	if e.isClosed() {
@@ -323,8 +323,8 @@ func (e *Engine) Publish(ctx context.Context, rows ...store.OutboxRow) error {
 			rows[i].Sends, rows[i].DueAt = 1, e.firstResend(rows[i])
 		}
 	}
-	// The rows reach the relay from the writer's goroutine, right after
-	// the commit, so that the rows of one commit arrive together.
+	// The rows reach the relay from the writer's syncer, once the commit is
+	// on disk, so that the rows of one commit arrive together.
 	committed := func() {
 		if !handed {
 			wake(e.relayWake)
