@@ -259,7 +259,7 @@ func (w *writer) loop() {
 			last = 1
 			continue
 		}
-		last = len(t.ops)
+		last = t.eager
 		w.commit(&t)
 	}
 }
@@ -270,11 +270,12 @@ func (w *writer) loop() {
 const maxLinger = 500 * time.Microsecond
 
 // linger runs the ops that arrive within maxLinger while t holds fewer
-// than last: under load, the callers of the previous commit come back a
-// moment after they were answered, and one commit (one fsync) serves them
-// all again. An idle writer (last 1) does not wait.
+// eager ops than last: under load, the callers of the previous commit come
+// back a moment after they were answered, and one commit (one fsync)
+// serves them all again. Lazy ops (applied acks) do not count: nobody
+// waits on them to come back. An idle writer (last 1) does not wait.
 func (w *writer) linger(t *txn, last int) {
-	if len(t.ops) >= last {
+	if t.eager >= last {
 		return
 	}
 	if w.onLinger != nil {
@@ -282,7 +283,7 @@ func (w *writer) linger(t *txn, last int) {
 	}
 	w.timer.Reset(w.lingerFor)
 	defer w.timer.Stop()
-	for t.open && len(t.ops) < last {
+	for t.open && t.eager < last {
 		select {
 		case o := <-w.ops:
 			w.run(t, o)
@@ -310,9 +311,21 @@ func (w *writer) drain(t *txn) {
 
 // txn is the open transaction and the ops it ran.
 type txn struct {
-	open bool
-	ops  []*op
+	open  bool
+	ops   []*op
+	eager int // ops that are not lazy
 }
+
+// add records o as run in t.
+func (t *txn) add(o *op) {
+	t.ops = append(t.ops, o)
+	if !o.lazy {
+		t.eager++
+	}
+}
+
+// reset empties t's ops, keeping their room.
+func (t *txn) reset() { t.ops, t.eager = t.ops[:0], 0 }
 
 // begin opens a transaction and runs o in it. It reports whether the
 // transaction is open.
@@ -326,7 +339,8 @@ func (w *writer) begin(t *txn, o *op) bool {
 		o.done <- fmt.Errorf("begin: %w", store.Classify(err))
 		return false
 	}
-	t.open, t.ops = true, t.ops[:0]
+	t.open = true
+	t.reset()
 	w.run(t, o)
 	return t.open
 }
@@ -342,7 +356,7 @@ func (w *writer) run(t *txn, o *op) {
 	}
 	err := o.fn(context.Background(), w.conn)
 	if err == nil {
-		t.ops = append(t.ops, o)
+		t.add(o)
 		return
 	}
 	_, _ = w.conn.ExecContext(context.Background(), "ROLLBACK")
@@ -354,7 +368,7 @@ func (w *writer) run(t *txn, o *op) {
 	for _, again := range append(t.ops, o) {
 		w.alone(again)
 	}
-	t.ops = t.ops[:0]
+	t.reset()
 }
 
 // alone runs o in a transaction of its own, for run.
@@ -389,7 +403,8 @@ func (w *writer) commit(t *txn) {
 	w.acquire()
 	ops := make([]*op, len(t.ops))
 	copy(ops, t.ops)
-	t.open, t.ops = false, t.ops[:0]
+	t.open = false
+	t.reset()
 	if _, err := w.conn.ExecContext(context.Background(), "COMMIT"); err != nil {
 		_, _ = w.conn.ExecContext(context.Background(), "ROLLBACK")
 		w.release()

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"path/filepath"
 	"runtime"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -188,6 +189,55 @@ func TestWriterOpFailingWhileLingering(t *testing.T) {
 	}
 	if failed != 1 {
 		t.Fatalf("%d ops failed, want 1", failed)
+	}
+	if n := rows(t, w); n != 4 {
+		t.Fatalf("%d rows, want 4", n)
+	}
+}
+
+// Lazy ops (applied acks) in a commit do not make the writer wait for as
+// many ops next time: nobody waits on them to come back.
+func TestWriterDoesNotLingerForLazyOps(t *testing.T) {
+	w := openWriter(t)
+	w.lingerFor = time.Minute
+	var lingered atomic.Int32
+	w.onLinger = func() { lingered.Add(1) }
+	ctx := context.Background()
+
+	// One commit of an eager op and two lazy ones.
+	started, release := make(chan struct{}), make(chan struct{})
+	errs := make(chan error, 3)
+	go func() {
+		errs <- w.Do(ctx, func(ctx context.Context, q store.Querier) error {
+			close(started)
+			<-release
+			return insertOne(ctx, q)
+		})
+	}()
+	<-started
+	for range 2 {
+		go func() { errs <- w.DoLazy(ctx, insertOne) }()
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for len(w.ops) < 2 {
+		if time.Now().After(deadline) {
+			t.Fatal("the two lazy ops never queued behind the blocked one")
+		}
+		runtime.Gosched()
+	}
+	close(release)
+	for range 3 {
+		if err := <-errs; err != nil {
+			t.Fatal(err)
+		}
+	}
+
+	began := time.Now()
+	if err := w.Do(ctx, insertOne); err != nil {
+		t.Fatal(err)
+	}
+	if n := lingered.Load(); n != 0 {
+		t.Fatalf("the writer lingered %d times after a commit of one eager op (took %v)", n, time.Since(began))
 	}
 	if n := rows(t, w); n != 4 {
 		t.Fatalf("%d rows, want 4", n)
