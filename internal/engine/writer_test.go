@@ -124,6 +124,44 @@ func TestWriterSharesCommitsAndIsolatesFailures(t *testing.T) {
 	}
 }
 
+// commitTogether has w commit an eager insert and one more insert per
+// entry of lazy (DoLazy where true) in one transaction: the first op holds
+// the writer until the others are queued behind it.
+func commitTogether(t *testing.T, w *writer, lazy ...bool) {
+	t.Helper()
+	ctx := context.Background()
+	started, release := make(chan struct{}), make(chan struct{})
+	errs := make(chan error, 1+len(lazy))
+	go func() {
+		errs <- w.Do(ctx, func(ctx context.Context, q store.Querier) error {
+			close(started)
+			<-release
+			return insertOne(ctx, q)
+		})
+	}()
+	<-started
+	for _, l := range lazy {
+		do := w.Do
+		if l {
+			do = w.DoLazy
+		}
+		go func() { errs <- do(ctx, insertOne) }()
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for len(w.ops) < len(lazy) {
+		if time.Now().After(deadline) {
+			t.Fatalf("%d ops never queued behind the blocked one", len(lazy))
+		}
+		runtime.Gosched()
+	}
+	close(release)
+	for range 1 + len(lazy) {
+		if err := <-errs; err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
 // An op that fails while the writer lingers, with the syncer's slot taken
 // for the next commit, makes every op of that transaction run again alone:
 // the one that failed fails again, the others commit.
@@ -135,32 +173,7 @@ func TestWriterOpFailingWhileLingering(t *testing.T) {
 	ctx := context.Background()
 
 	// One commit of three ops, so that the writer lingers for three next.
-	started, release := make(chan struct{}), make(chan struct{})
-	errs := make(chan error, 3)
-	go func() {
-		errs <- w.Do(ctx, func(ctx context.Context, q store.Querier) error {
-			close(started)
-			<-release
-			return insertOne(ctx, q)
-		})
-	}()
-	<-started
-	for range 2 {
-		go func() { errs <- w.Do(ctx, insertOne) }()
-	}
-	deadline := time.Now().Add(10 * time.Second)
-	for len(w.ops) < 2 {
-		if time.Now().After(deadline) {
-			t.Fatal("the two ops never queued behind the blocked one")
-		}
-		runtime.Gosched()
-	}
-	close(release)
-	for range 3 {
-		if err := <-errs; err != nil {
-			t.Fatal(err)
-		}
-	}
+	commitTogether(t, w, false, false)
 
 	// The next op waits for more; a failing one arrives meanwhile.
 	done := make(chan error, 2)
@@ -205,32 +218,7 @@ func TestWriterDoesNotLingerForLazyOps(t *testing.T) {
 	ctx := context.Background()
 
 	// One commit of an eager op and two lazy ones.
-	started, release := make(chan struct{}), make(chan struct{})
-	errs := make(chan error, 3)
-	go func() {
-		errs <- w.Do(ctx, func(ctx context.Context, q store.Querier) error {
-			close(started)
-			<-release
-			return insertOne(ctx, q)
-		})
-	}()
-	<-started
-	for range 2 {
-		go func() { errs <- w.DoLazy(ctx, insertOne) }()
-	}
-	deadline := time.Now().Add(10 * time.Second)
-	for len(w.ops) < 2 {
-		if time.Now().After(deadline) {
-			t.Fatal("the two lazy ops never queued behind the blocked one")
-		}
-		runtime.Gosched()
-	}
-	close(release)
-	for range 3 {
-		if err := <-errs; err != nil {
-			t.Fatal(err)
-		}
-	}
+	commitTogether(t, w, true, true)
 
 	began := time.Now()
 	if err := w.Do(ctx, insertOne); err != nil {
