@@ -222,7 +222,7 @@ func (w *writer) loop() {
 		_ = w.raw.Close()
 	}()
 	var t txn
-	last := 1 // ops in the previous commit: the load
+	last := 1 // eager ops in the previous commit: the load
 	for {
 		var first *op
 		select {
@@ -235,12 +235,10 @@ func (w *writer) loop() {
 			continue
 		}
 	fill:
-		for t.open && len(t.ops) < maxBatch {
-			select {
-			case o := <-w.ops: // run what is queued before anything else
-				w.run(&t, o)
-				continue
-			default:
+		for {
+			w.runQueued(&t) // before anything else
+			if !t.open || len(t.ops) >= maxBatch {
+				break
 			}
 			select {
 			case o := <-w.ops:
@@ -283,11 +281,23 @@ func (w *writer) linger(t *txn, last int) {
 	}
 	w.timer.Reset(w.lingerFor)
 	defer w.timer.Stop()
-	for t.open && t.eager < last {
+	for t.open && t.eager < last && len(t.ops) < maxBatch {
 		select {
 		case o := <-w.ops:
 			w.run(t, o)
 		case <-w.timer.C:
+			return
+		}
+	}
+}
+
+// runQueued runs the ops already queued in t, up to maxBatch.
+func (w *writer) runQueued(t *txn) {
+	for t.open && len(t.ops) < maxBatch {
+		select {
+		case o := <-w.ops:
+			w.run(t, o)
+		default:
 			return
 		}
 	}
@@ -298,6 +308,7 @@ func (w *writer) linger(t *txn, last int) {
 func (w *writer) drain(t *txn) {
 	for {
 		if t.open {
+			w.runQueued(t)
 			w.commit(t)
 		}
 		select {
