@@ -150,7 +150,6 @@ func Open(ctx context.Context, cfg Config) (*Engine, error) {
 	e := &Engine{
 		cfg:       cfg,
 		st:        cfg.Store,
-		w:         newWriter(ctx, c, cfg.Synchronous),
 		log:       cfg.Logger,
 		closed:    make(chan struct{}),
 		relayWake: make(chan struct{}, 1),
@@ -162,6 +161,11 @@ func Open(ctx context.Context, cfg Config) (*Engine, error) {
 		helloWake: make(chan struct{}, 1),
 		handlers:  map[string][]Handler{},
 		finished:  make(chan struct{}),
+	}
+	var walErr error
+	e.w, walErr = newWriter(ctx, c, cfg.Synchronous)
+	if walErr != nil {
+		e.log.Warn("durabus: the write-ahead log cannot be opened for syncing; every commit syncs itself instead (slower, as durable)", "err", walErr)
 	}
 	if err := e.loadGroups(ctx); err != nil {
 		e.w.stop()

@@ -76,10 +76,10 @@ type commit struct {
 
 // newWriter starts the writer on c at the given synchronous setting. At
 // FULL it opens the database's write-ahead log for the syncer and lets c
-// commit at NORMAL; if the log cannot be opened, c stays at FULL and every
-// commit syncs itself.
-func newWriter(ctx context.Context, c *sql.Conn, synchronous string) *writer {
-	w := &writer{
+// commit at NORMAL; if the log cannot be opened, c stays at FULL, every
+// commit syncs itself, and walErr says why.
+func newWriter(ctx context.Context, c *sql.Conn, synchronous string) (w *writer, walErr error) {
+	w = &writer{
 		raw:     c,
 		conn:    newPrepared(c),
 		slot:    make(chan struct{}, 1),
@@ -94,11 +94,11 @@ func newWriter(ctx context.Context, c *sql.Conn, synchronous string) *writer {
 	}
 	w.timer.Stop()
 	if synchronous == "FULL" {
-		w.wal, _ = openWAL(ctx, c)
+		w.wal, walErr = openWAL(ctx, c)
 	}
 	go w.syncLoop()
 	go w.loop()
-	return w
+	return w, walErr
 }
 
 // openWAL opens the write-ahead log of c's database and sets c to commit
@@ -237,7 +237,7 @@ func (w *writer) loop() {
 	fill:
 		for {
 			w.runQueued(&t) // before anything else
-			if !t.open || len(t.ops) >= maxBatch {
+			if !t.hasRoom() {
 				break
 			}
 			select {
@@ -281,7 +281,7 @@ func (w *writer) linger(t *txn, last int) {
 	}
 	w.timer.Reset(w.lingerFor)
 	defer w.timer.Stop()
-	for t.open && t.eager < last && len(t.ops) < maxBatch {
+	for t.hasRoom() && t.eager < last {
 		select {
 		case o := <-w.ops:
 			w.run(t, o)
@@ -293,7 +293,7 @@ func (w *writer) linger(t *txn, last int) {
 
 // runQueued runs the ops already queued in t, up to maxBatch.
 func (w *writer) runQueued(t *txn) {
-	for t.open && len(t.ops) < maxBatch {
+	for t.hasRoom() {
 		select {
 		case o := <-w.ops:
 			w.run(t, o)
@@ -334,6 +334,9 @@ func (t *txn) add(o *op) {
 		t.eager++
 	}
 }
+
+// hasRoom reports whether t is open and may run more ops.
+func (t *txn) hasRoom() bool { return t.open && len(t.ops) < maxBatch }
 
 // reset empties t's ops, keeping their room.
 func (t *txn) reset() { t.ops, t.eager = t.ops[:0], 0 }
@@ -412,22 +415,18 @@ func (w *writer) release() {
 // its ops over; the syncer frees the slot.
 func (w *writer) commit(t *txn) {
 	w.acquire()
-	ops := make([]*op, len(t.ops))
-	copy(ops, t.ops)
+	c := &commit{ops: make([]*op, len(t.ops)), sync: t.eager > 0}
+	copy(c.ops, t.ops)
 	t.open = false
 	t.reset()
 	if _, err := w.conn.ExecContext(context.Background(), "COMMIT"); err != nil {
 		_, _ = w.conn.ExecContext(context.Background(), "ROLLBACK")
 		w.release()
 		err = fmt.Errorf("commit: %w", store.Classify(err))
-		for _, o := range ops {
+		for _, o := range c.ops {
 			o.done <- err
 		}
 		return
-	}
-	c := &commit{ops: ops}
-	for _, o := range ops {
-		c.sync = c.sync || !o.lazy
 	}
 	w.held = false // the syncer frees the slot
 	w.commits <- c
