@@ -24,7 +24,10 @@ func openWriter(t *testing.T) *writer {
 	if err != nil {
 		t.Fatal(err)
 	}
-	w := newWriter(context.Background(), c, "FULL")
+	w, walErr := newWriter(context.Background(), c, "FULL")
+	if walErr != nil {
+		t.Fatalf("open the write-ahead log: %v", walErr)
+	}
 	t.Cleanup(w.stop)
 	if err := w.Do(context.Background(), func(ctx context.Context, q store.Querier) error {
 		_, err := q.ExecContext(ctx, "CREATE TABLE t (v INTEGER)")
@@ -85,6 +88,19 @@ func TestWriterSyncsTheLogExceptForLazyWork(t *testing.T) {
 	}
 	if n := rows(t, w); n != 2 {
 		t.Fatalf("%d rows, want 2", n)
+	}
+}
+
+// Ops that wait together share one commit and one fsync.
+func TestWriterSharesCommits(t *testing.T) {
+	w := openWriter(t)
+	before := w.syncs
+	commitTogether(t, w, make([]bool, 9)...) // ten eager inserts
+	if got := w.syncs - before; got != 1 {
+		t.Fatalf("%d fsyncs for ten ops that waited together, want 1", got)
+	}
+	if n := rows(t, w); n != 10 {
+		t.Fatalf("%d rows, want 10", n)
 	}
 }
 
